@@ -1,0 +1,141 @@
+"""What tuning trains, and how it is stored: small PEFT-layout adapters, never a whole model.
+
+Two kinds, both an `adapter_config.json` beside an `adapter_model.safetensors`:
+
+* `full` — the paper's: the tuned attn1/attn2 query weights and the whole temporal attention, dense
+  (74,354,880 numbers for SD v1.4). Its config is tav's own (`"peft_type": "TAV_FULL"`); the weights load
+  onto an inflated UNet with `load_state_dict(strict=False)`.
+* `lora` — a genuine PEFT LoRA (rank r) on the same query projections and on the temporal q/k/v/out
+  projections, plus the temporal output bias. The temporal modules' frozen weights are not stored: they
+  are regenerated from `temporal_seed` (see `attention.init_temporal`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .attention import clip_context, init_temporal
+
+KINDS = ("full", "lora")
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+# The modules the paper tunes: W^Q of the spatial and cross attention, and all of the temporal attention.
+TUNED_MODULES = re.compile(r"(^|\.)(attn1\.to_q|attn2\.to_q|attn_temp\.(to_q|to_k|to_v|to_out\.0))$")
+_PEFT_TARGETS = r".*(attn1\.to_q|attn2\.to_q|attn_temp\.(to_q|to_k|to_v|to_out\.0))"
+
+
+class AdapterError(ValueError):
+    """An adapter folder that is missing, malformed, or made for another model."""
+
+
+@dataclass(frozen=True)
+class AdapterSpec:
+    kind: str = "full"
+    rank: int = 16  # lora only
+    temporal_seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise AdapterError(f"unknown adapter kind {self.kind!r}; choose one of {', '.join(KINDS)}")
+        if self.kind == "lora" and self.rank < 1:
+            raise AdapterError(f"LoRA rank must be at least 1, got {self.rank}")
+
+
+def _lora_config(spec: AdapterSpec):
+    from peft import LoraConfig
+
+    # alpha = rank keeps the LoRA scale at 1, so the learning rate means the same at every rank.
+    return LoraConfig(r=spec.rank, lora_alpha=spec.rank, target_modules=_PEFT_TARGETS, bias="lora_only",
+                      init_lora_weights=True)
+
+
+def attach(unet: nn.Module, spec: AdapterSpec) -> list[nn.Parameter]:
+    """Freeze the inflated UNet but for what `spec` trains; returns those parameters (in fp32)."""
+    unet.requires_grad_(False)
+    if spec.kind == "lora":
+        from peft import inject_adapter_in_model
+
+        inject_adapter_in_model(_lora_config(spec), unet)
+        for name, p in unet.named_parameters():
+            p.requires_grad_("lora_" in name or name.endswith("attn_temp.to_out.0.base_layer.bias"))
+    else:
+        for name, module in unet.named_modules():
+            if TUNED_MODULES.search(name):
+                module.requires_grad_(True)
+    params = [p for p in unet.parameters() if p.requires_grad]
+    for p in params:
+        p.data = p.data.float()  # the optimizer and its state stay fp32 whatever the frozen weights are
+    return params
+
+
+def adapter_state(unet: nn.Module, spec: AdapterSpec) -> dict[str, torch.Tensor]:
+    """The tensors an adapter of `spec` stores, keyed as in the UNet's (PEFT-stripped) state dict."""
+    if spec.kind == "lora":
+        from peft import get_peft_model_state_dict
+
+        return dict(get_peft_model_state_dict(unet))
+    return {f"{name}.{pname}": p.detach() for name, module in unet.named_modules() if TUNED_MODULES.search(name)
+            for pname, p in module.named_parameters(recurse=False)}
+
+
+def save_adapter(unet: nn.Module, spec: AdapterSpec, folder: str | Path, dtype: torch.dtype | None = None,
+                 metadata: dict[str, str] | None = None) -> Path:
+    """Write the adapter to `folder` (created). `dtype` defaults to fp16 for `full`, fp32 for `lora`."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    dtype = dtype or (torch.float16 if spec.kind == "full" else torch.float32)
+    tensors = {k: v.to("cpu", dtype).contiguous() for k, v in adapter_state(unet, spec).items()}
+    if spec.kind == "lora":
+        config = _lora_config(spec).to_dict()
+        config["target_modules"] = _PEFT_TARGETS  # to_dict() returns a set for regex-free lists only
+    else:
+        config = {"peft_type": "TAV_FULL", "target_modules": _PEFT_TARGETS}
+    config["tav"] = asdict(spec) | {"attention": clip_context(unet).attention}
+    (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2, default=str) + "\n")
+    save_file(tensors, folder / WEIGHTS_NAME, metadata={"format": "pt", "tav_kind": spec.kind, **(metadata or {})})
+    return folder
+
+
+def read_spec(folder: str | Path) -> AdapterSpec:
+    folder = Path(folder)
+    try:
+        tav = json.loads((folder / CONFIG_NAME).read_text())["tav"]
+        return AdapterSpec(kind=tav["kind"], rank=int(tav["rank"]), temporal_seed=int(tav["temporal_seed"]))
+    except FileNotFoundError as e:
+        raise AdapterError(f"{folder} has no {CONFIG_NAME}; is it a tav adapter folder?") from e
+    except (KeyError, TypeError, ValueError) as e:
+        raise AdapterError(f"{folder / CONFIG_NAME} is not a tav adapter config ({e})") from e
+
+
+def load_adapter(unet: nn.Module, folder: str | Path) -> AdapterSpec:
+    """Apply a saved adapter to a freshly inflated UNet; returns its spec."""
+    folder = Path(folder)
+    spec = read_spec(folder)
+    if not (folder / WEIGHTS_NAME).is_file():
+        raise AdapterError(f"{folder} has no {WEIGHTS_NAME}")
+    init_temporal(unet, spec.temporal_seed)
+    tensors = load_file(folder / WEIGHTS_NAME, device=str(unet.conv_in.weight.device))
+    if spec.kind == "lora":
+        from peft import set_peft_model_state_dict
+
+        attach(unet, spec)
+        result = set_peft_model_state_dict(unet, tensors)
+        unexpected = list(getattr(result, "unexpected_keys", []) or [])
+    else:
+        attach(unet, spec)  # the tuned tensors in fp32, where the optimizer left them
+        result = unet.load_state_dict(tensors, strict=False)
+        unexpected = list(result.unexpected_keys)
+    missing = set(adapter_state(unet, spec)) - set(tensors)
+    if unexpected or missing:
+        raise AdapterError(f"{folder} does not fit this UNet: {len(unexpected)} unknown and {len(missing)} "
+                           f"missing tensors (e.g. {(unexpected or sorted(missing))[0]}); is the base the one it "
+                           "was tuned on?")
+    unet.requires_grad_(False)
+    return spec

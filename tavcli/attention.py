@@ -1,0 +1,239 @@
+"""Spatio-temporal attention on a stock diffusers UNet (Tune-A-Video, §3.2).
+
+`inflate` turns a loaded `UNet2DConditionModel` into the paper's video UNet without copying it:
+
+* every attn1 gets a processor in which frame i attends frames 1 and i-1 (sparse-causal), or one of the
+  ablations (first frame only, all frames, its own frame);
+* every transformer block gains `norm_temp` + `attn_temp`, a self-attention over the frame axis run after
+  the block's feed-forward, through a forward hook, so the stock block's code is untouched and the
+  state-dict keys match the official UNet3D's;
+* the resnets' GroupNorms and `conv_norm_out` pool their statistics over the clip, as the official 5-D
+  tensors do.
+
+Frames stay folded into the batch: a clip of F frames is a batch of B*F images. The frame count reaches
+the added modules through one `ClipContext` shared by them (per UNet, not global), set by `video_forward`.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from diffusers.models.attention import BasicTransformerBlock
+from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+from diffusers.models.resnet import ResnetBlock2D
+from torch import nn
+
+ATTENTION_MODES = ("sparse-causal", "first-frame", "full", "frame")
+NORM_MODES = ("clip", "frame")
+
+
+@dataclass
+class ClipContext:
+    """What the modules tav adds to one UNet need to know about the current call."""
+
+    frames: int = 1
+    attention: str = "sparse-causal"
+    temporal_seed: int = 0
+
+
+def clip_context(unet: nn.Module) -> ClipContext:
+    ctx = getattr(unet, "tav_clip", None)
+    if ctx is None:
+        raise ValueError("this UNet has not been inflated: call tavcli.attention.inflate(unet) first")
+    return ctx
+
+
+# --- attn1: sparse-causal and the other frame-attention modes -------------------------------------
+
+
+def key_frames(frames: int, mode: str) -> list[list[int]]:
+    """For each frame, the frames whose keys and values its queries attend."""
+    if mode == "sparse-causal":
+        # Frame 1 attends itself twice, as in the official code: one softmax over [k1, k1] equals one over k1.
+        return [[0, max(i - 1, 0)] for i in range(frames)]
+    if mode == "first-frame":
+        return [[0] for _ in range(frames)]
+    if mode == "full":
+        return [list(range(frames)) for _ in range(frames)]
+    if mode == "frame":
+        return [[i] for i in range(frames)]
+    raise ValueError(f"unknown attention mode {mode!r}; choose one of {', '.join(ATTENTION_MODES)}")
+
+
+class FrameAttnProcessor:
+    """Self-attention whose keys and values come from other frames of the same clip."""
+
+    def __init__(self, ctx: ClipContext):
+        self.ctx = ctx
+
+    def __call__(
+        self,
+        attn: Attention,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        f = self.ctx.frames
+        bf, n, _ = hidden_states.shape
+        if bf % f:
+            raise ValueError(f"batch of {bf} images is not a whole number of {f}-frame clips")
+        b, heads = bf // f, attn.heads
+        q = attn.to_q(hidden_states)
+        k = attn.to_k(hidden_states)
+        v = attn.to_v(hidden_states)
+        d = q.shape[-1] // heads
+        sources = torch.tensor(key_frames(f, self.ctx.attention), device=hidden_states.device)
+
+        def gather(x: torch.Tensor) -> torch.Tensor:
+            # (B*F, N, C) -> (B*F, heads, S*N, d): each frame's queries see the S source frames' tokens.
+            x = x.view(b, f, n, heads, d)[:, sources]  # (B, F, S, N, heads, d)
+            return x.flatten(2, 3).flatten(0, 1).transpose(1, 2)
+
+        q = q.view(bf, n, heads, d).transpose(1, 2)
+        out = F.scaled_dot_product_attention(q, gather(k), gather(v), scale=attn.scale)
+        out = out.transpose(1, 2).reshape(bf, n, heads * d).to(q.dtype)
+        return attn.to_out[1](attn.to_out[0](out))
+
+
+# --- temporal attention ----------------------------------------------------------------------------
+
+
+def _temporal_hook(ctx: ClipContext, block: BasicTransformerBlock, args, output: torch.Tensor) -> torch.Tensor:
+    """Runs after the block's feed-forward residual: attention over frames at each spatial position."""
+    f = ctx.frames
+    bf, n, c = output.shape
+    x = output.view(bf // f, f, n, c).transpose(1, 2).reshape(-1, f, c)  # (B*N, F, C)
+    x = block.attn_temp(block.norm_temp(x)) + x
+    return x.view(bf // f, n, f, c).transpose(1, 2).reshape(bf, n, c)
+
+
+def _temporal_modules(dim: int, heads: int, upcast: bool) -> tuple[nn.LayerNorm, Attention]:
+    # Built on the meta device so that making them draws nothing from the caller's random stream.
+    with torch.device("meta"):
+        norm = nn.LayerNorm(dim)
+        attn = Attention(query_dim=dim, heads=heads, dim_head=dim // heads, bias=False, upcast_attention=upcast)
+    return norm.to_empty(device="cpu"), attn.to_empty(device="cpu")
+
+
+def init_temporal(unet: nn.Module, seed: int) -> None:
+    """(Re)initialise every temporal module from `seed`, identically on any device.
+
+    PyTorch's default Linear init, drawn from a CPU generator so a LoRA adapter can rebuild the frozen
+    temporal weights from the seed alone; the output weight starts at zero (the paper's near-identity
+    start) while its bias keeps the default init, as in the official code.
+    """
+    g = torch.Generator().manual_seed(seed)
+    for block in _transformer_blocks(unet):
+        block.norm_temp.weight.data.fill_(1.0)
+        block.norm_temp.bias.data.zero_()
+        attn = block.attn_temp
+        for lin in (attn.to_q, attn.to_k, attn.to_v, attn.to_out[0]):
+            bound = 1.0 / math.sqrt(lin.in_features)
+            if lin is attn.to_out[0]:
+                lin.weight.data.zero_()
+            else:
+                lin.weight.data.copy_(torch.empty(lin.weight.shape).uniform_(-bound, bound, generator=g))
+            if lin.bias is not None:
+                lin.bias.data.copy_(torch.empty(lin.bias.shape).uniform_(-bound, bound, generator=g))
+    clip_context(unet).temporal_seed = seed
+
+
+# --- GroupNorm over the clip -----------------------------------------------------------------------
+
+
+class ClipGroupNorm(nn.GroupNorm):
+    """GroupNorm whose statistics pool all frames of a clip (the official UNet3D's 5-D behaviour)."""
+
+    def __init__(self, source: nn.GroupNorm, ctx: ClipContext):
+        super().__init__(source.num_groups, source.num_channels, source.eps, source.affine,
+                         device="meta")
+        self.weight, self.bias = source.weight, source.bias
+        self.ctx = ctx
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.ctx.frames
+        if f == 1:
+            return super().forward(x)
+        bf, c, h, w = x.shape
+        g = self.num_groups
+        xs = x.float().view(bf // f, f, g, c // g, h * w)
+        var, mean = torch.var_mean(xs, dim=(1, 3, 4), unbiased=False, keepdim=True)
+        y = ((xs - mean) * torch.rsqrt(var + self.eps)).view(bf, c, h, w)
+        if self.affine:
+            y = y * self.weight.float()[:, None, None] + self.bias.float()[:, None, None]
+        return y.to(x.dtype)
+
+
+# --- the surgery -----------------------------------------------------------------------------------
+
+
+def _transformer_blocks(unet: nn.Module) -> list[BasicTransformerBlock]:
+    return [m for m in unet.modules() if isinstance(m, BasicTransformerBlock)]
+
+
+def set_attention_mode(unet: nn.Module, mode: str) -> None:
+    """Switch every attn1 between sparse-causal, first-frame, full and per-frame attention."""
+    key_frames(1, mode)  # validates
+    ctx = clip_context(unet)
+    ctx.attention = mode
+    for block in _transformer_blocks(unet):
+        block.attn1.set_processor(AttnProcessor2_0() if mode == "frame" else FrameAttnProcessor(ctx))
+
+
+def inflate(
+    unet: nn.Module,
+    attention: str = "sparse-causal",
+    norm: str = "clip",
+    temporal: bool = True,
+    seed: int = 0,
+) -> nn.Module:
+    """Make a stock SD UNet a Tune-A-Video UNet in place and return it.
+
+    `norm="frame"` keeps per-frame GroupNorm statistics (stock image semantics); `temporal=False` leaves
+    out the temporal attention (for ablations and tests).
+    """
+    if hasattr(unet, "tav_clip"):
+        raise ValueError("this UNet is already inflated")
+    if norm not in NORM_MODES:
+        raise ValueError(f"unknown norm {norm!r}; choose one of {', '.join(NORM_MODES)}")
+    ctx = ClipContext()
+    unet.tav_clip = ctx
+    set_attention_mode(unet, attention)
+    ref = unet.conv_in.weight
+    if norm == "clip":
+        for resnet in [m for m in unet.modules() if isinstance(m, ResnetBlock2D)]:
+            resnet.norm1 = ClipGroupNorm(resnet.norm1, ctx)
+            resnet.norm2 = ClipGroupNorm(resnet.norm2, ctx)
+        unet.conv_norm_out = ClipGroupNorm(unet.conv_norm_out, ctx)
+    if temporal:
+        for block in _transformer_blocks(unet):
+            dim = block.attn1.to_q.in_features
+            block.norm_temp, block.attn_temp = _temporal_modules(dim, block.attn1.heads, block.attn1.upcast_attention)
+            block.register_forward_hook(functools.partial(_temporal_hook, ctx))
+        init_temporal(unet, seed)
+        for block in _transformer_blocks(unet):
+            block.norm_temp.to(device=ref.device, dtype=ref.dtype)
+            block.attn_temp.to(device=ref.device, dtype=ref.dtype)
+    return unet
+
+
+def video_forward(
+    unet: nn.Module, latents: torch.Tensor, timestep: torch.Tensor | int, text: torch.Tensor
+) -> torch.Tensor:
+    """Predict noise for video latents (B, F, C, h, w) with text embeddings (B, L, D).
+
+    The frame count stays set on the UNet after the call: gradient checkpointing recomputes the forward
+    during backward and must see the same count.
+    """
+    b, f = latents.shape[:2]
+    clip_context(unet).frames = f
+    t = torch.as_tensor(timestep, device=latents.device)
+    if t.ndim == 1:
+        t = t.repeat_interleave(f)
+    out = unet(latents.flatten(0, 1), t, encoder_hidden_states=text.repeat_interleave(f, dim=0)).sample
+    return out.unflatten(0, (b, f))

@@ -1,0 +1,155 @@
+"""The video UNet against references written here, independently of tavcli.attention's code paths."""
+
+import math
+
+import pytest
+import torch
+from diffusers.models.attention_processor import Attention
+
+from tavcli.attention import ClipContext, ClipGroupNorm, FrameAttnProcessor, inflate, video_forward
+
+
+def naive_frame_attention(attn: Attention, h: torch.Tensor, frames: int, sources) -> torch.Tensor:
+    """Explicit loops over clips, frames and heads: frame i's queries against the keys of sources(i)."""
+    bf, n, c = h.shape
+    heads, d = attn.heads, c // attn.heads
+    out = torch.empty_like(h)
+    for b in range(bf // frames):
+        clip = h[b * frames:(b + 1) * frames]
+        for i in range(frames):
+            q = attn.to_q(clip[i])
+            kv = torch.cat([clip[j] for j in sources(i)])
+            k, v = attn.to_k(kv), attn.to_v(kv)
+            per_head = []
+            for hd in range(heads):
+                s = slice(hd * d, (hd + 1) * d)
+                w = torch.softmax(q[:, s] @ k[:, s].T / math.sqrt(d), dim=-1)
+                per_head.append(w @ v[:, s])
+            out[b * frames + i] = attn.to_out[0](torch.cat(per_head, dim=-1))
+    return out
+
+
+SOURCES = {
+    "sparse-causal": lambda i: [0, max(i - 1, 0)],
+    "first-frame": lambda i: [0],
+    "full": lambda i: list(range(5)),
+}
+
+
+@pytest.mark.parametrize("mode", list(SOURCES))
+def test_frame_attention_matches_naive_loops(mode):
+    torch.manual_seed(0)
+    attn = Attention(query_dim=32, heads=4, dim_head=8)
+    frames, h = 5, torch.randn(2 * 5, 6, 32)  # two clips of five frames, six tokens each
+    attn.set_processor(FrameAttnProcessor(ClipContext(frames=frames, attention=mode)))
+    with torch.no_grad():
+        got = attn(h)
+        want = naive_frame_attention(attn, h, frames, SOURCES[mode])
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_sparse_causal_differs_from_per_frame_attention():
+    torch.manual_seed(0)
+    attn = Attention(query_dim=32, heads=4, dim_head=8)
+    h = torch.randn(4, 6, 32)
+    attn.set_processor(FrameAttnProcessor(ClipContext(frames=4)))
+    with torch.no_grad():
+        sparse = attn(h)
+        own = naive_frame_attention(attn, h, 4, lambda i: [i])
+    # Frame 1 attends only itself (twice): equal to per-frame attention; later frames are not.
+    torch.testing.assert_close(sparse[0], own[0], atol=1e-5, rtol=1e-5)
+    assert (sparse[1:] - own[1:]).abs().max() > 1e-3
+
+
+def test_clip_group_norm_pools_statistics_over_frames():
+    torch.manual_seed(0)
+    source = torch.nn.GroupNorm(4, 16)
+    source.weight.data.normal_(1, 0.3)
+    source.bias.data.normal_(0, 0.3)
+    frames = 3
+    x = torch.randn(2 * frames, 16, 5, 7) * torch.arange(1, 7).view(-1, 1, 1, 1)  # per-frame scales differ
+    norm = ClipGroupNorm(source, ClipContext(frames=frames))
+    # Reference: the official 5-D layout (B, C, F, H, W), where GroupNorm pools F with H and W.
+    five_d = x.view(2, frames, 16, 5, 7).permute(0, 2, 1, 3, 4)
+    want = torch.nn.functional.group_norm(five_d, 4, source.weight, source.bias, source.eps)
+    want = want.permute(0, 2, 1, 3, 4).reshape(x.shape)
+    torch.testing.assert_close(norm(x), want, atol=1e-5, rtol=1e-5)
+    assert (norm(x) - source(x)).abs().max() > 0.1  # and it is not per-frame GroupNorm
+
+
+def test_frame_mode_with_frame_norm_and_zero_temporal_is_the_stock_unet(tiny_unet):
+    stock, video = tiny_unet(), inflate(tiny_unet(), attention="frame", norm="frame")
+    for name, p in video.named_parameters():
+        if "attn_temp.to_out" in name:
+            p.data.zero_()
+    torch.manual_seed(1)
+    x, text = torch.randn(1, 3, 4, 8, 8), torch.randn(1, 77, 32)
+    with torch.no_grad():
+        got = video_forward(video, x, 500, text)[0]
+        for i in range(3):
+            torch.testing.assert_close(got[i], stock(x[:, i], 500, encoder_hidden_states=text).sample[0],
+                                       atol=1e-5, rtol=1e-5)
+
+
+def test_sparse_causal_is_causal(tiny_unet):
+    unet = inflate(tiny_unet(), norm="frame", temporal=False)
+    torch.manual_seed(2)
+    x, text = torch.randn(1, 5, 4, 8, 8), torch.randn(1, 77, 32)
+    changed = x.clone()
+    changed[:, 3] += torch.randn_like(changed[:, 3])
+    with torch.no_grad():
+        a, b = video_forward(unet, x, 300, text), video_forward(unet, changed, 300, text)
+    torch.testing.assert_close(a[:, :3], b[:, :3], atol=0, rtol=0)
+    assert (a[:, 3:] - b[:, 3:]).abs().amax(dim=(0, 2, 3, 4)).min() > 1e-4  # frames 4 and 5 see frame 4
+
+
+def test_clip_norm_and_temporal_attention_mix_frames(tiny_unet):
+    """With the defaults every frame depends on every other (pooled norms, temporal attention)."""
+    unet = inflate(tiny_unet())
+    torch.manual_seed(3)
+    x, text = torch.randn(1, 4, 4, 8, 8), torch.randn(1, 77, 32)
+    changed = x.clone()
+    changed[:, 3] += 1.0
+    with torch.no_grad():
+        a, b = video_forward(unet, x, 300, text), video_forward(unet, changed, 300, text)
+    assert (a[:, 0] - b[:, 0]).abs().max() > 1e-4
+
+
+def test_inflated_at_init_is_close_but_not_equal_to_the_image_unet(tiny_unet):
+    """Zero output weight, default-init output bias: the temporal layer adds a small constant."""
+    stock, video = tiny_unet(), inflate(tiny_unet(), attention="frame", norm="frame")
+    x, text = torch.randn(1, 2, 4, 8, 8), torch.randn(1, 77, 32)
+    with torch.no_grad():
+        diff = (video_forward(video, x, 10, text)[0, 0] - stock(x[:, 0], 10, encoder_hidden_states=text).sample[0])
+    assert 0 < diff.abs().max() < 1.0
+
+
+def test_temporal_modules_follow_the_official_layout(tiny_unet):
+    unet = inflate(tiny_unet(), seed=7)
+    names = {n for n, _ in unet.named_parameters()}
+    block = "down_blocks.0.attentions.0.transformer_blocks.0"
+    for key in ("norm_temp.weight", "norm_temp.bias", "attn_temp.to_q.weight", "attn_temp.to_k.weight",
+                "attn_temp.to_v.weight", "attn_temp.to_out.0.weight", "attn_temp.to_out.0.bias"):
+        assert f"{block}.{key}" in names
+    assert f"{block}.attn_temp.to_q.bias" not in names  # q/k/v without bias
+    attn = unet.get_submodule(block).attn_temp
+    assert attn.heads == unet.get_submodule(block).attn1.heads
+    assert torch.all(attn.to_out[0].weight == 0) and attn.to_out[0].bias.abs().min() > 0
+    again = inflate(tiny_unet(), seed=7).get_submodule(block).attn_temp
+    other = inflate(tiny_unet(), seed=8).get_submodule(block).attn_temp
+    assert torch.equal(attn.to_q.weight, again.to_q.weight)
+    assert not torch.equal(attn.to_q.weight, other.to_q.weight)
+
+
+def test_inflate_leaves_the_callers_random_stream_alone(tiny_unet):
+    unet = tiny_unet()
+    state = torch.get_rng_state()
+    inflate(unet)
+    assert torch.equal(state, torch.get_rng_state())
+
+
+def test_bad_modes_are_refused(tiny_unet):
+    with pytest.raises(ValueError, match="attention mode"):
+        inflate(tiny_unet(), attention="causal")
+    with pytest.raises(ValueError, match="norm"):
+        inflate(tiny_unet(), norm="batch")
