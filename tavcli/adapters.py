@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -97,41 +98,58 @@ def save_adapter(unet: nn.Module, spec: AdapterSpec, folder: str | Path, dtype: 
         config["target_modules"] = _PEFT_TARGETS  # to_dict() returns a set for regex-free lists only
     else:
         config = {"peft_type": "TAV_FULL", "target_modules": _PEFT_TARGETS}
-    config["tav"] = asdict(spec) | {"attention": clip_context(unet).attention}
+    # tav's own fields ride in the safetensors header, so the JSON stays a config PEFT reads without warnings.
+    header = {f"tav_{k}": str(v) for k, v in asdict(spec).items()}
+    header |= {"format": "pt", "tav_attention": clip_context(unet).attention, **(metadata or {})}
     (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2, default=str) + "\n")
-    save_file(tensors, folder / WEIGHTS_NAME, metadata={"format": "pt", "tav_kind": spec.kind, **(metadata or {})})
+    save_file(tensors, folder / WEIGHTS_NAME, metadata=header)
     return folder
 
 
-def read_spec(folder: str | Path) -> AdapterSpec:
-    folder = Path(folder)
+def read_metadata(folder: str | Path) -> dict[str, str]:
+    """The adapter's safetensors header: tav's spec fields (`tav_*`) and whatever the caller stored."""
+    path = Path(folder) / WEIGHTS_NAME
+    if not (Path(folder) / CONFIG_NAME).is_file():
+        raise AdapterError(f"{folder} has no {CONFIG_NAME}; is it a tav adapter folder?")
+    if not path.is_file():
+        raise AdapterError(f"{folder} has no {WEIGHTS_NAME}")
     try:
-        tav = json.loads((folder / CONFIG_NAME).read_text())["tav"]
-        return AdapterSpec(kind=tav["kind"], rank=int(tav["rank"]), temporal_seed=int(tav["temporal_seed"]))
-    except FileNotFoundError as e:
-        raise AdapterError(f"{folder} has no {CONFIG_NAME}; is it a tav adapter folder?") from e
-    except (KeyError, TypeError, ValueError) as e:
-        raise AdapterError(f"{folder / CONFIG_NAME} is not a tav adapter config ({e})") from e
+        with safe_open(path, "pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as e:  # safetensors raises its own error types for a damaged header
+        raise AdapterError(f"{path} is not a readable safetensors file ({e})") from e
+
+
+def read_spec(folder: str | Path) -> AdapterSpec:
+    meta = read_metadata(folder)
+    try:
+        return AdapterSpec(meta["tav_kind"], int(meta["tav_rank"]), int(meta["tav_temporal_seed"]))
+    except (KeyError, ValueError) as e:
+        raise AdapterError(f"{Path(folder) / WEIGHTS_NAME} is not a tav adapter (no {e} in its header)") from e
+
+
+def read_attention(folder: str | Path) -> str:
+    """The attention mode the adapter was tuned with."""
+    return read_metadata(folder).get("tav_attention", "sparse-causal")
 
 
 def load_adapter(unet: nn.Module, folder: str | Path) -> AdapterSpec:
     """Apply a saved adapter to a freshly inflated UNet; returns its spec."""
     folder = Path(folder)
     spec = read_spec(folder)
-    if not (folder / WEIGHTS_NAME).is_file():
-        raise AdapterError(f"{folder} has no {WEIGHTS_NAME}")
-    init_temporal(unet, spec.temporal_seed)
     tensors = load_file(folder / WEIGHTS_NAME, device=str(unet.conv_in.weight.device))
-    if spec.kind == "lora":
-        from peft import set_peft_model_state_dict
+    try:
+        init_temporal(unet, spec.temporal_seed)
+        attach(unet, spec)  # LoRA layers where a LoRA adapter needs them; tuned tensors in fp32
+        if spec.kind == "lora":
+            from peft import set_peft_model_state_dict
 
-        attach(unet, spec)
-        result = set_peft_model_state_dict(unet, tensors)
-        unexpected = list(getattr(result, "unexpected_keys", []) or [])
-    else:
-        attach(unet, spec)  # the tuned tensors in fp32, where the optimizer left them
-        result = unet.load_state_dict(tensors, strict=False)
-        unexpected = list(result.unexpected_keys)
+            unexpected = list(set_peft_model_state_dict(unet, tensors).unexpected_keys or [])
+        else:
+            unexpected = list(unet.load_state_dict(tensors, strict=False).unexpected_keys)
+    except (AttributeError, RuntimeError) as e:  # no temporal layers, or tensors of other shapes
+        raise AdapterError(f"{folder} does not fit this UNet ({str(e).splitlines()[0]}); "
+                           "is the base the one it was tuned on?") from e
     missing = set(adapter_state(unet, spec)) - set(tensors)
     if unexpected or missing:
         raise AdapterError(f"{folder} does not fit this UNet: {len(unexpected)} unknown and {len(missing)} "

@@ -1,0 +1,113 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tavcli.adapters import CONFIG_NAME, WEIGHTS_NAME, AdapterError, AdapterSpec, load_adapter, read_spec
+from tavcli.attention import inflate, video_forward
+from tavcli.models import load_base
+from tavcli.pipeline import TuneAVideo
+from tavcli.tuning import TuneSettings
+
+
+def frames(n=4, size=64, seed=0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+
+
+def probe(unet) -> torch.Tensor:
+    g = torch.Generator().manual_seed(9)
+    x, text = torch.randn(1, 3, 4, 8, 8, generator=g), torch.randn(1, 77, 32, generator=g)
+    with torch.no_grad():
+        return video_forward(unet, x, 321, text)
+
+
+@pytest.mark.parametrize("kind", ["full", "lora"])
+def test_save_then_load_reproduces_the_tuned_unet_bit_for_bit(tiny_base_dir, tmp_path, kind):
+    tuned = TuneAVideo.create(load_base(str(tiny_base_dir), device="cpu"), AdapterSpec(kind, rank=4, temporal_seed=3))
+    tuned.tune(frames(), "a man is skiing", TuneSettings(steps=3, lr=1e-2))
+    want = probe(tuned.unet)
+    tuned.save_adapter(tmp_path / "a", dtype=torch.float32)
+
+    fresh = TuneAVideo.from_adapter(load_base(str(tiny_base_dir), device="cpu"), tmp_path / "a")
+    assert torch.equal(probe(fresh.unet), want)
+    untuned = TuneAVideo.create(load_base(str(tiny_base_dir), device="cpu"), AdapterSpec(kind, rank=4, temporal_seed=3))
+    assert (probe(untuned.unet) - want).abs().max() > 1e-4  # the adapter carries the tuning
+
+
+def test_full_adapter_holds_only_the_tuned_tensors_in_fp16(tiny_base, tmp_path):
+    tuned = TuneAVideo.create(tiny_base)
+    tuned.save_adapter(tmp_path / "a")
+    tensors = load_file(tmp_path / "a" / WEIGHTS_NAME)
+    assert set(tensors) == {n for n, p in tuned.unet.named_parameters() if p.requires_grad}
+    assert all(t.dtype == torch.float16 for t in tensors.values())
+    numbers = sum(t.numel() for t in tensors.values())
+    assert numbers == sum(p.numel() for p in tuned.params)
+    size = (tmp_path / "a" / WEIGHTS_NAME).stat().st_size
+    assert 2 * numbers < size < 2 * numbers + 16_000  # fp16 payload plus the safetensors header
+    assert read_spec(tmp_path / "a") == AdapterSpec("full")
+
+
+def test_lora_adapter_is_a_peft_lora_without_the_frozen_temporal_weights(tiny_base, tmp_path):
+    from peft import LoraConfig
+
+    tuned = TuneAVideo.create(tiny_base, AdapterSpec("lora", rank=2))
+    tuned.save_adapter(tmp_path / "a")
+    config = LoraConfig.from_pretrained(tmp_path / "a")
+    assert config.r == 2 and config.bias == "lora_only"
+    keys = set(load_file(tmp_path / "a" / WEIGHTS_NAME))
+    assert all("lora_" in k or k.endswith("attn_temp.to_out.0.base_layer.bias") for k in keys), keys
+    assert sum(k.endswith("to_out.0.base_layer.bias") for k in keys) == 4  # the trained temporal output biases
+    assert sum("attn1.to_q.lora_A" in k for k in keys) == 4
+
+
+@pytest.mark.parametrize("kind", ["full", "lora"])
+def test_adapter_for_another_model_is_refused(tiny_base, tmp_path, kind):
+    from diffusers import UNet2DConditionModel
+
+    from tests.conftest import TINY_UNET
+
+    TuneAVideo.create(tiny_base, AdapterSpec(kind, rank=2)).save_adapter(tmp_path / "a")
+    wider = inflate(UNet2DConditionModel(**(TINY_UNET | {"block_out_channels": (64, 64)})))
+    with pytest.raises(AdapterError, match="does not fit this UNet"):
+        load_adapter(wider, tmp_path / "a")
+    with pytest.raises(AdapterError, match="does not fit this UNet"):
+        load_adapter(inflate(UNet2DConditionModel(**TINY_UNET), temporal=False), tmp_path / "a")
+
+
+def test_malformed_adapter_folders_give_adapter_errors(tmp_path, tiny_unet):
+    from safetensors.torch import save_file
+
+    unet = inflate(tiny_unet())
+    with pytest.raises(AdapterError, match="no adapter_config.json"):
+        load_adapter(unet, tmp_path)
+    (tmp_path / CONFIG_NAME).write_text(json.dumps({"peft_type": "LORA"}))
+    with pytest.raises(AdapterError, match="no adapter_model.safetensors"):
+        load_adapter(unet, tmp_path)
+    (tmp_path / WEIGHTS_NAME).write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
+    with pytest.raises(AdapterError, match="not a readable safetensors"):
+        load_adapter(unet, tmp_path)
+    save_file({"x": torch.zeros(1)}, tmp_path / WEIGHTS_NAME)  # a PEFT file, but not one of tav's
+    with pytest.raises(AdapterError, match="not a tav adapter"):
+        load_adapter(unet, tmp_path)
+    with pytest.raises(AdapterError, match="unknown adapter kind"):
+        AdapterSpec("dora")
+
+
+def test_generate_shapes_and_seeds(tiny_base):
+    from tavcli.ddim import EditSettings
+
+    tav = TuneAVideo.create(tiny_base)
+    clip = frames(3)
+    noise = tav.invert(clip, steps=4)
+    assert noise.shape == (1, 3, 4, 8, 8)
+    fast = EditSettings(steps=3, guidance=5.0)
+    videos = tav.generate(["a", "an astronaut"], fast, noise=noise)
+    assert videos.shape == (2, 3, 64, 64, 3) and videos.dtype == np.uint8
+    assert not np.array_equal(videos[0], videos[1])  # the prompt matters
+    again = tav.generate(["a"], fast, noise=noise)
+    assert np.array_equal(again[0], videos[0])  # DDIM from an inversion is deterministic
+    a = tav.generate(["a"], EditSettings(steps=3, inversion=False, seed=1), frames=2, height=32, width=48)
+    b = tav.generate(["a"], EditSettings(steps=3, inversion=False, seed=2), frames=2, height=32, width=48)
+    assert a.shape == (1, 2, 32, 48, 3) and not np.array_equal(a, b)
