@@ -159,3 +159,22 @@ def decode_latents(base: Base, latents: torch.Tensor) -> np.ndarray:
               for z in latents.flatten(0, 1).split(_ENCODE_CHUNK)]
     x = ((torch.cat(images).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return x.permute(0, 2, 3, 1).unflatten(0, (b, f)).cpu().numpy()
+
+
+def fingerprint(name: str, revision: str | None = None) -> str:
+    """A cheap identity of a base's weights: configs, weight file sizes and their first and last MiB.
+
+    Hashing whole multi-GB files would cost seconds per edit; this still tells two different models (or a
+    fine-tune of one) apart, and a copy of the same model in another folder gives the same answer.
+    """
+    import hashlib
+
+    folder, _ = locate_base(name, revision)
+    h = hashlib.sha256()
+    for path in sorted(p for c in ("unet", "vae", "text_encoder") for p in (folder / c).iterdir() if p.is_file()):
+        h.update(f"{path.parent.name}/{path.name}:{path.stat().st_size}\n".encode())
+        with path.open("rb") as f:
+            h.update(f.read(1 << 20))
+            f.seek(max(path.stat().st_size - (1 << 20), 0))
+            h.update(f.read(1 << 20))
+    return h.hexdigest()

@@ -147,6 +147,10 @@ def read_video(
 
 
 def _read_with_decord(path: Path, sampling: FrameSampling) -> _Source:
+    # PyAV looks first: decord's own failure would also print an FFmpeg error line on stderr.
+    problem = _diagnose(path, undecodable=None)
+    if problem:
+        raise VideoError(problem)
     try:
         reader = decord.VideoReader(str(path), ctx=decord.cpu(0))
     except (DECORDError, RuntimeError):
@@ -165,8 +169,14 @@ def _read_with_decord(path: Path, sampling: FrameSampling) -> _Source:
     return _Source(list(frames), indices, fps, len(reader), (frames.shape[2], frames.shape[1]))
 
 
-def _diagnose(path: Path) -> str:
-    """Explain why decord refused a file, using PyAV's view of the container."""
+_UNDECODABLE = (
+    "{path} has a video stream that could not be decoded; it is probably truncated or corrupt, "
+    "so re-download it or re-encode it (ffmpeg -i IN -c:v libx264 OUT.mp4)"
+)
+
+
+def _diagnose(path: Path, undecodable: str | None = _UNDECODABLE) -> str | None:
+    """What is wrong with a container, in PyAV's view; `undecodable` when it looks like a fine video."""
     try:
         # Read everything inside the block: PyAV streams segfault once their container closes.
         with av.open(str(path)) as container:
@@ -177,10 +187,7 @@ def _diagnose(path: Path) -> str:
     if "video" not in kinds:
         found = ", ".join(f"{kind} stream" for kind in kinds) or "no streams"
         return f"{path} has no video stream (found: {found}); give a file that contains video"
-    return (
-        f"{path} has a video stream that could not be decoded; it is probably truncated or corrupt, "
-        "so re-download it or re-encode it (ffmpeg -i IN -c:v libx264 OUT.mp4)"
-    )
+    return undecodable.format(path=path) if undecodable else None
 
 
 def _read_gif(path: Path, sampling: FrameSampling) -> _Source:

@@ -1,0 +1,532 @@
+"""A local artifact store of tuned videos: boring and safe, like git's object store or huggingface_hub's cache.
+
+It knows files, not models. A caller stages files in a directory; `commit` hashes them, writes the manifest and
+moves the directory into `artifacts/` with one rename, so a crash leaves either no artifact or a complete one.
+An artifact's id is the sha256 of its manifest's content (file hashes included): the same result stored twice is
+stored once, and an export cannot be altered unnoticed. Layout under `root`:
+
+    artifacts/<id>/manifest.json   caller's fields + "schema", "files" {relpath: {sha256, bytes}}, "id", "created"
+    artifacts/<id>/<files...>      whatever the caller staged
+    artifacts/<id>/edits.jsonl     append-only edit log, one JSON object a line (not hashed: it grows)
+    tmp/                           staging and removal dirs; those over an hour old and unlocked go at open
+    locks/                         one lock per artifact, for its edit log
+    store.lock                     held while artifacts/ changes, and only for the rename
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+import tempfile
+import time
+import zipfile
+import zlib
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator
+
+import platformdirs
+from filelock import FileLock, Timeout
+
+SCHEMA = 1
+STALE_SECONDS = 3600  # a staging dir this old, and not locked by a live process, is a crash's leftover
+LOCK_TIMEOUT = 60.0  # seconds; locks are held for renames and appends only, never while hashing or copying
+_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_HEX = re.compile(r"[0-9a-f]+")
+_ID = re.compile(r"[0-9a-f]{64}")
+_DRIVE = re.compile(r"[A-Za-z]:")
+_RESERVED = ("manifest.json", "edits.jsonl")  # the store's own files in an artifact dir; never hashed as content
+_CHUNK = 1 << 20
+
+
+class StoreError(Exception):
+    """Base of the store's errors; the message is one line naming the problem and the fix."""
+
+
+class NotFoundError(StoreError):
+    """No artifact matches a ref."""
+
+
+class AmbiguousRefError(StoreError):
+    """Several artifacts match a ref."""
+
+
+class CorruptArtifactError(StoreError):
+    """A file is missing or does not match its hash, or a manifest is unreadable or altered."""
+
+
+class ExportError(StoreError):
+    """An export target that exists, or an import file that is not a sound tav export."""
+
+
+def default_root() -> Path:
+    env = os.environ.get("TAV_HOME")
+    return Path(env).expanduser() if env else Path(platformdirs.user_data_dir("tav"))
+
+
+@dataclass(frozen=True)
+class Artifact:
+    id: str
+    path: Path
+    manifest: dict = field(compare=False, repr=False)  # compared and hashed by id and path
+
+    @property
+    def short_id(self) -> str:
+        return self.id[:12]
+
+    @property
+    def name(self) -> str | None:
+        return self.manifest.get("name")
+
+    @property
+    def created(self) -> str:
+        return self.manifest["created"]
+
+    def file(self, rel: str) -> Path:
+        if rel not in self.manifest["files"]:
+            raise CorruptArtifactError(f"artifact {self.short_id} has no file '{rel}'; "
+                                       f"it has {', '.join(self.manifest['files']) or 'none'}")
+        if not (self.path / rel).is_file():
+            raise CorruptArtifactError(f"file '{rel}' of {self.short_id} is missing; {_redo(self)}")
+        return self.path / rel
+
+    def edits(self) -> list[dict]:
+        try:
+            data = (self.path / "edits.jsonl").read_bytes()
+        except FileNotFoundError:
+            return []
+        return [json.loads(line) for line in _json_lines(data)]
+
+    def size_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
+
+
+class Store:
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = Path(root) if root is not None else default_root()
+        self._artifacts, self._tmp = self.root / "artifacts", self.root / "tmp"
+        for sub in ("artifacts", "tmp", "locks"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        self._clean_tmp()
+
+    @contextmanager
+    def staging(self) -> Iterator[Path]:
+        stage = Path(tempfile.mkdtemp(prefix="stage-", dir=self._tmp))
+        # Held for the stage's whole life, so another process's clean-up spares it however long a job runs.
+        lock = FileLock(f"{stage}.lock", timeout=0)
+        lock.acquire()
+        try:
+            yield stage
+        finally:  # also on KeyboardInterrupt; after a commit the stage is already gone
+            _rm(stage)
+            lock.release()
+            Path(f"{stage}.lock").unlink(missing_ok=True)
+
+    def commit(self, stage: Path, manifest: dict) -> Artifact:
+        stage = Path(stage)
+        # Same directory, same filesystem: the final rename is atomic.
+        if not stage.is_dir() or stage.resolve().parent != self._tmp.resolve():
+            raise StoreError(f"{stage} is not a staging dir of this store; create one with Store.staging()")
+        if (stage / "manifest.json").exists():
+            raise StoreError(f"{stage} holds a manifest.json; the store writes it, pass the fields to commit()")
+        if not isinstance(manifest, dict):
+            raise StoreError(f"manifest must be a dict, got {type(manifest).__name__}; pass a dict of JSON values")
+        try:  # a deep copy in JSON types (tuples become lists), so the id is the same once read back
+            content = json.loads(_canonical(manifest))
+        except (TypeError, ValueError) as e:
+            raise StoreError(f"manifest is not JSON ({e}); pass only str, numbers, bools, lists and dicts") from None
+        _check_name(content.get("name"))
+        content.pop("id", None)
+        created = content.pop("created", None) or datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        if not isinstance(created, str):
+            raise StoreError(f"manifest 'created' must be an ISO 8601 string, got {created!r}; leave it out")
+        content.update(schema=SCHEMA, files=_scan(stage))
+        full = {**content, "id": _content_id(content), "created": created}
+        dest = self._artifacts / full["id"]
+        _fsync_tree(stage)  # the slow part, outside the lock: the stage is ours alone
+        with self._locked(self.root / "store.lock"):
+            if dest.exists():  # the same content is stored once; a re-import may still bring new edits
+                existing = self._load(dest)
+                self._merge_edits(existing, stage / "edits.jsonl")
+                _rm(stage)
+                return existing
+            self.check_name(full.get("name"))
+            with open(stage / "manifest.json", "w", encoding="utf-8") as f:
+                json.dump(full, f, indent=2, sort_keys=True)
+                f.flush()
+                os.fsync(f.fileno())
+            _fsync(stage)
+            os.rename(stage, dest)
+            _fsync(self._artifacts)
+        return Artifact(full["id"], dest, full)
+
+    def check_name(self, name: str | None) -> None:
+        """Refuse an invalid or taken name; jobs call it before their work, commit again under the lock."""
+        _check_name(name)
+        for other in self.list() if name is not None else []:
+            if other.name == name:
+                raise StoreError(f"name '{name}' is taken by {other.short_id}; "
+                                 f"choose another --name or `tav rm {name}`")
+
+    def list(self) -> list[Artifact]:
+        found = []
+        for path in self._artifacts.iterdir():
+            if _ID.fullmatch(path.name):
+                try:
+                    found.append(self._load(path))
+                except CorruptArtifactError:
+                    continue  # listing must not fail on one damaged dir
+        return sorted(found, key=lambda a: (a.created, a.id))
+
+    def resolve(self, ref: str) -> Artifact:
+        arts = self.list()
+        exact = [a for a in arts if a.id == ref]
+        if exact:
+            return exact[0]
+        is_hex = bool(_HEX.fullmatch(ref))
+        if is_hex and 4 <= len(ref) <= 64:
+            matches = [a for a in arts if a.id.startswith(ref)]  # names are never 4+ hex chars: no overlap
+        else:
+            matches = [a for a in arts if a.name == ref]
+        if not matches and is_hex and len(ref) < 4:
+            raise NotFoundError(f"'{ref}' is too short to pick an artifact; use at least 4 characters of its id")
+        if not matches:
+            raise NotFoundError(f"no artifact matches '{ref}'; see `tav list`")
+        if len(matches) > 1:
+            listed = ", ".join(f"{a.short_id} ({a.name or 'unnamed'})" for a in matches)
+            raise AmbiguousRefError(f"'{ref}' matches {len(matches)} artifacts: {listed}; use more characters")
+        return matches[0]
+
+    def verify(self, artifact: Artifact) -> None:
+        fresh = self._load(self._artifacts / artifact.id)  # the disk's manifest, not a possibly stale copy
+        if _content_id(fresh.manifest) != fresh.id:
+            raise CorruptArtifactError(f"the manifest of {fresh.short_id} does not match its id; {_redo(fresh)}")
+        for rel, meta in fresh.manifest["files"].items():
+            path = fresh.path / rel
+            if not path.is_file():
+                raise CorruptArtifactError(f"file '{rel}' of {fresh.short_id} is missing; {_redo(fresh)}")
+            if not isinstance(meta, dict) or _sha256(path) != meta.get("sha256"):
+                raise CorruptArtifactError(f"file '{rel}' of {fresh.short_id} does not match its sha256; "
+                                           f"{_redo(fresh)}")
+
+    def append_edit(self, artifact: Artifact, record: dict) -> None:
+        if not isinstance(record, dict):
+            raise StoreError(f"an edit record must be a dict, got {type(record).__name__}")
+        try:
+            line = json.dumps(record, separators=(",", ":"), allow_nan=False).encode() + b"\n"
+        except (TypeError, ValueError) as e:
+            raise StoreError(f"edit record is not JSON ({e}); pass only str, numbers, bools, lists, dicts") from None
+        with self._locked(self.root / "locks" / f"{artifact.id}.lock"):
+            self._append(self._artifacts / artifact.id / "edits.jsonl", line)
+
+    def remove(self, artifact: Artifact) -> None:
+        with self._locked(self.root / "store.lock"):
+            path = self._artifacts / artifact.id
+            if not path.is_dir():
+                raise NotFoundError(f"artifact {artifact.short_id} is not in {self.root}; see `tav list`")
+            trash = self._discard(path)
+        _rm(trash)  # slow for big files, and already out of sight: no lock needed
+        (self.root / "locks" / f"{artifact.id}.lock").unlink(missing_ok=True)
+
+    def export(self, artifact: Artifact, dest: Path, force: bool = False) -> Path:
+        dest = Path(dest)
+        if dest.suffix != ".tav":
+            raise ExportError(f"export file '{dest.name}' does not end in .tav; use e.g. '{dest.stem or 'video'}.tav'")
+        if dest.is_dir() or (dest.exists() and not force):
+            raise ExportError(f"{dest} exists; use --force to overwrite" if not dest.is_dir()
+                              else f"{dest} is a directory; give a file path ending in .tav")
+        if not dest.parent.is_dir():
+            raise ExportError(f"directory {dest.parent} does not exist; create it first")
+        self.verify(artifact)
+        path = self._artifacts / artifact.id
+        manifest = (path / "manifest.json").read_bytes()  # the verified one, not the caller's copy
+        with self._locked(self.root / "locks" / f"{artifact.id}.lock"):  # a consistent snapshot of the log
+            log = path / "edits.jsonl"
+            edits = log.read_bytes() if log.is_file() else None
+        fd, part = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+        try:
+            with os.fdopen(fd, "wb") as raw:
+                with zipfile.ZipFile(raw, "w") as zf:
+                    _zip_add(zf, "manifest.json", manifest)
+                    for rel in json.loads(manifest)["files"]:
+                        _zip_add(zf, f"files/{rel}", path / rel)
+                    if edits is not None:
+                        _zip_add(zf, "edits.jsonl", edits)
+                raw.flush()
+                os.fsync(raw.fileno())
+            os.replace(part, dest)  # readers see the old file or the whole new one
+        except BaseException:
+            Path(part).unlink(missing_ok=True)
+            raise
+        _fsync(dest.parent)
+        return dest
+
+    def import_file(self, src: Path) -> Artifact:
+        src = Path(src)
+        try:
+            zf = zipfile.ZipFile(src)
+        except (zipfile.BadZipFile, OSError) as e:
+            raise ExportError(f"{src} is not a tav export ({e}); give a .tav file made by `tav export`") from None
+        try:
+            with zf:
+                manifest, members = _read_export(zf, src)
+                with self.staging() as stage:
+                    for rel, meta in manifest["files"].items():
+                        _extract(zf, members[f"files/{rel}"], stage, rel, meta, src)
+                    if "edits.jsonl" in members:  # torn lines are dropped, as edits() would skip them
+                        lines = _json_lines(zf.read(members["edits.jsonl"]))
+                        (stage / "edits.jsonl").write_bytes(b"".join(line + b"\n" for line in lines))
+                    return self.commit(stage, manifest)
+        except (zipfile.BadZipFile, zlib.error, EOFError) as e:
+            raise CorruptArtifactError(f"{src} is damaged ({e}); export it again") from None
+
+    def info(self) -> dict:
+        arts = self.list()
+        return {"root": str(self.root), "artifacts": len(arts), "bytes": sum(a.size_bytes() for a in arts)}
+
+    # -- internals --------------------------------------------------------------------------------------------
+
+    @contextmanager
+    def _locked(self, path: Path) -> Iterator[None]:
+        lock = FileLock(path, timeout=LOCK_TIMEOUT)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise StoreError(f"{path} is held by another tav process for over {LOCK_TIMEOUT:.0f}s; "
+                             "wait for it to finish and retry") from None
+        try:
+            yield
+        finally:
+            lock.release()
+
+    def _load(self, path: Path) -> Artifact:
+        try:
+            manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
+            ok = (isinstance(manifest, dict) and manifest.get("id") == path.name
+                  and isinstance(manifest.get("created"), str) and isinstance(manifest.get("files"), dict))
+        except (OSError, ValueError):
+            ok = False
+        if not ok:
+            raise CorruptArtifactError(f"{path}/manifest.json is missing or unreadable; delete {path} "
+                                       "and run the job again")
+        return Artifact(path.name, path, manifest)
+
+    def _discard(self, path: Path) -> Path:
+        """Move `path` out of artifacts/ in one rename (the caller holds the store lock); returns where it went."""
+        trash = self._tmp / f"rm-{secrets.token_hex(8)}"
+        os.rename(path, trash)
+        _fsync(self._artifacts)
+        return trash
+
+    def _merge_edits(self, artifact: Artifact, log: Path) -> None:
+        """Append the lines of `log` that `artifact`'s edit log lacks (a re-import must not lose edits)."""
+        if not log.is_file():
+            return
+        with self._locked(self.root / "locks" / f"{artifact.id}.lock"):
+            ours = artifact.path / "edits.jsonl"
+            have = set(_json_lines(ours.read_bytes())) if ours.is_file() else set()
+            new = [line for line in _json_lines(log.read_bytes()) if line not in have]
+            if new:
+                self._append(ours, b"".join(line + b"\n" for line in new))
+
+    @staticmethod
+    def _append(log: Path, data: bytes) -> None:
+        """Append whole lines to `log` and fsync; the caller holds the artifact's edit lock."""
+        if not log.parent.is_dir():
+            raise NotFoundError(f"artifact {log.parent.name[:12]} was removed; see `tav list`")
+        created = not log.exists()
+        with open(log, "a+b") as f:
+            f.seek(0, os.SEEK_END)
+            if f.tell():  # a crash mid-append left a torn line: end it, so it spoils only itself
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":
+                    data = b"\n" + data
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if created:
+            _fsync(log.parent)
+
+    def _clean_tmp(self) -> None:
+        """Remove what crashed processes left in tmp/ over an hour ago; a stage a live process holds stays."""
+        cutoff = time.time() - STALE_SECONDS
+        for entry in list(self._tmp.iterdir()):
+            try:
+                if entry.lstat().st_mtime > cutoff:
+                    continue
+            except FileNotFoundError:
+                continue
+            if entry.suffix == ".lock":
+                if not entry.with_suffix("").exists():
+                    entry.unlink(missing_ok=True)  # its stage is gone; one with a stage goes with it below
+                continue
+            try:
+                with FileLock(f"{entry}.lock", timeout=0):
+                    _rm(entry)
+            except Timeout:
+                continue
+            Path(f"{entry}.lock").unlink(missing_ok=True)
+
+
+def _redo(artifact: Artifact) -> str:
+    return f"remove it (`tav rm {artifact.short_id}`) and run the job again"
+
+
+def _check_name(name: object) -> None:
+    if name is None:
+        return
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise StoreError(f"invalid name {name!r}; use 1-64 letters, digits, '.', '_' or '-'")
+    if len(name) >= 4 and _HEX.fullmatch(name):  # it would read as an id prefix in `tav` commands
+        raise StoreError(f"name '{name}' looks like an artifact id; add a letter outside a-f, e.g. 'v-{name}'")
+
+
+def _canonical(obj: object) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+
+
+def _content_id(manifest: dict) -> str:
+    # "id" names the content and "created" says when it was stored: neither is content.
+    return hashlib.sha256(_canonical({k: v for k, v in manifest.items() if k not in ("id", "created")})).hexdigest()
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _json_lines(data: bytes) -> list[bytes]:
+    """The lines of a JSONL log that hold a JSON object; a line torn by a crash mid-append is skipped."""
+    out = []
+    for line in data.splitlines():
+        try:
+            if isinstance(json.loads(line), dict):
+                out.append(line)
+        except ValueError:
+            continue
+    return out
+
+
+def _scan(stage: Path) -> dict[str, dict]:
+    """{posix relpath: {"sha256", "bytes"}} of every staged file but the store's own, sorted."""
+    files = {}
+    for dirpath, dirnames, filenames in os.walk(stage):
+        for name in dirnames + filenames:
+            if os.path.islink(os.path.join(dirpath, name)):
+                raise StoreError(f"{os.path.join(dirpath, name)} is a symlink; stage real files (copy, don't link)")
+        for name in filenames:
+            path = Path(dirpath, name)
+            rel = path.relative_to(stage).as_posix()
+            if rel not in _RESERVED:
+                files[rel] = {"sha256": _sha256(path), "bytes": path.stat().st_size}
+    return dict(sorted(files.items()))
+
+
+def _fsync(path: Path) -> None:
+    if os.name == "nt" and path.is_dir():
+        return  # Windows cannot open a directory to fsync it
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    for dirpath, _, filenames in os.walk(root, topdown=False):
+        for name in filenames:
+            _fsync(Path(dirpath, name))
+        _fsync(Path(dirpath))
+
+
+def _rm(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _zip_add(zf: zipfile.ZipFile, name: str, src: Path | bytes) -> None:
+    # A fixed timestamp: the same artifact always exports to the same bytes.
+    info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+    info.compress_type = zipfile.ZIP_STORED if name.endswith(".safetensors") else zipfile.ZIP_DEFLATED
+    info.external_attr = 0o644 << 16
+    if isinstance(src, bytes):
+        zf.writestr(info, src)
+        return
+    info.file_size = src.stat().st_size  # lets zipfile pick zip64 up front for big files
+    with open(src, "rb") as f, zf.open(info, "w") as out:
+        shutil.copyfileobj(f, out, _CHUNK)
+
+
+def _safe_member(name: str) -> bool:
+    """Only what `export` writes, with no way out of a staging dir: no absolute paths, '..', '\\' or drives."""
+    if name in _RESERVED:
+        return True
+    parts = name.split("/")
+    return (len(parts) >= 2 and parts[0] == "files" and "\\" not in name
+            and all(p not in ("", ".", "..") and not _DRIVE.match(p) for p in parts))
+
+
+def _read_export(zf: zipfile.ZipFile, src: Path) -> tuple[dict, dict[str, zipfile.ZipInfo]]:
+    """The manifest and members of an export, refused (ExportError) unless it is exactly what `export` writes."""
+    def bad(why: str) -> ExportError:
+        return ExportError(f"{src} is not a tav export: {why}; give a .tav file made by `tav export`")
+
+    members: dict[str, zipfile.ZipInfo] = {}
+    for info in zf.infolist():
+        if info.filename in members or not _safe_member(info.filename):
+            raise bad(f"unsafe, unexpected or repeated member {info.filename!r}")
+        members[info.filename] = info
+    if "manifest.json" not in members:
+        raise bad("it has no manifest.json")
+    try:
+        manifest = json.loads(zf.read(members["manifest.json"]))
+    except ValueError:
+        raise bad("its manifest.json is not JSON") from None
+    schema = manifest.get("schema") if isinstance(manifest, dict) else None
+    if type(schema) is int and schema > SCHEMA:
+        raise ExportError(f"{src} has schema {schema}, newer than this tav reads ({SCHEMA}); upgrade tav")
+    if type(schema) is not int or schema < 1:
+        raise bad("its manifest has no valid schema")
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not isinstance(manifest.get("id"), str):
+        raise bad("its manifest lacks files or id")
+    for rel, meta in files.items():
+        if rel in _RESERVED or f"files/{rel}" not in members:
+            raise bad(f"file '{rel}' of its manifest is not in it")
+        if not isinstance(meta, dict) or not isinstance(meta.get("sha256"), str) or type(meta.get("bytes")) is not int:
+            raise bad(f"its manifest entry for '{rel}' is malformed")
+    extra = sorted(n for n in members if n.startswith("files/") and n[len("files/"):] not in files)
+    if extra:
+        raise bad(f"member '{extra[0]}' is not in its manifest")
+    if _content_id(manifest) != manifest["id"]:  # checked before any byte is extracted
+        raise CorruptArtifactError(f"{src}: its manifest does not match its id (altered?); export it again")
+    return manifest, members
+
+
+def _extract(zf: zipfile.ZipFile, info: zipfile.ZipInfo, stage: Path, rel: str, meta: dict, src: Path) -> None:
+    target = stage / rel
+    if not target.resolve().is_relative_to(stage.resolve()):  # belt and braces over _safe_member
+        raise ExportError(f"{src}: member 'files/{rel}' would land outside the store; refusing this export")
+    if info.file_size != meta["bytes"]:  # also bounds what a crafted zip can make us write
+        raise CorruptArtifactError(f"{src}: file '{rel}' has {info.file_size} bytes, its manifest says "
+                                   f"{meta['bytes']}; export it again")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    h = hashlib.sha256()
+    with zf.open(info) as f, open(target, "wb") as out:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+            out.write(chunk)
+    if h.hexdigest() != meta["sha256"]:
+        raise CorruptArtifactError(f"{src}: file '{rel}' does not match its sha256 (damaged or altered); "
+                                   "export it again")
