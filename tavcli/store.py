@@ -249,9 +249,10 @@ class Store:
         with self._locked(self.root / "locks" / f"{artifact.id}.lock"):  # a consistent snapshot of the log
             log = path / "edits.jsonl"
             edits = log.read_bytes() if log.is_file() else None
-        fd, part = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+        part = dest.parent / f".{dest.name}.{secrets.token_hex(4)}.part"
         try:
-            with os.fdopen(fd, "wb") as raw:
+            # os.open with 0o666 lets the umask decide, as for any file the user writes (mkstemp says 0600).
+            with os.fdopen(os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as raw:
                 with zipfile.ZipFile(raw, "w") as zf:
                     _zip_add(zf, "manifest.json", manifest)
                     for rel in json.loads(manifest)["files"]:

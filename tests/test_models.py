@@ -1,0 +1,73 @@
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from tavcli.models import (BaseModelError, decode_latents, encode_frames, encode_prompts, fingerprint, load_base,
+                           locate_base, resolve_device, resolve_dtype)
+
+
+def test_local_folder_loads_frozen_fp32_on_cpu(tiny_base):
+    assert tiny_base.device.type == "cpu" and tiny_base.dtype == torch.float32
+    for m in (tiny_base.unet, tiny_base.vae, tiny_base.text_encoder):
+        assert not any(p.requires_grad for p in m.parameters())
+        assert next(m.parameters()).dtype == torch.float32
+    assert tiny_base.vae_factor == 8 and tiny_base.revision is None
+
+
+def test_latents_are_4_by_h8_by_w8_and_scaled(tiny_base):
+    frames = np.random.default_rng(0).integers(0, 256, (3, 64, 48, 3), dtype=np.uint8)
+    mean, std = encode_frames(tiny_base, frames)
+    assert mean.shape == std.shape == (1, 3, 4, 8, 6)
+    x = torch.from_numpy(frames[:1]).permute(0, 3, 1, 2).float() / 127.5 - 1
+    raw = tiny_base.vae.encode(x).latent_dist.mean
+    torch.testing.assert_close(mean[0, :1], raw * 0.18215)
+    video = decode_latents(tiny_base, mean)
+    assert video.shape == (1, 3, 64, 48, 3) and video.dtype == np.uint8
+    assert encode_prompts(tiny_base, ["a", "b c"]).shape == (2, 77, 32)
+
+
+def test_folder_errors_are_clear(tmp_path, tiny_base_dir):
+    with pytest.raises(BaseModelError, match="missing .*unet"):
+        locate_base(str(tmp_path))
+    (tmp_path / "model.safetensors").write_bytes(b"x")
+    with pytest.raises(BaseModelError, match="single file"):
+        locate_base(str(tmp_path / "model.safetensors"))
+    with pytest.raises(BaseModelError, match="neither a folder nor a hub id"):
+        locate_base("no-such-folder")
+
+
+def test_hub_id_offline_with_an_empty_cache_says_how_to_get_the_weights(tmp_path, monkeypatch):
+    import huggingface_hub.constants as hf
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hf, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hf, "HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(BaseModelError) as e:
+        load_base("CompVis/stable-diffusion-v1-4", device="cpu")
+    msg = str(e.value)
+    assert "HF_HUB_OFFLINE" in msg and "hf download CompVis/stable-diffusion-v1-4" in msg and "--base" in msg
+
+
+def test_dtypes_and_devices():
+    cpu = torch.device("cpu")
+    assert resolve_dtype("auto", cpu) == torch.float32
+    assert resolve_dtype("bf16", cpu) == torch.bfloat16
+    with pytest.raises(ValueError, match="unknown dtype"):
+        resolve_dtype("int8", cpu)
+    assert resolve_device("cpu") == cpu
+    if not torch.cuda.is_available():
+        assert resolve_device("auto") == cpu
+        with pytest.raises(BaseModelError, match="no CUDA GPU"):
+            resolve_device("cuda")
+
+
+def test_fingerprint_follows_the_weights_not_the_folder(tmp_path, tiny_base_dir):
+    copy = shutil.copytree(tiny_base_dir, tmp_path / "copy")
+    assert fingerprint(str(copy)) == fingerprint(str(tiny_base_dir))
+    weights = copy / "unet" / "diffusion_pytorch_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    assert fingerprint(str(copy)) != fingerprint(str(tiny_base_dir))
