@@ -394,3 +394,27 @@ def store_info(as_json: bool = typer.Option(False, "--json")) -> None:
         _stdout().print_json(json.dumps(info))
     else:
         typer.echo(f"{info['root']}\t{info['artifacts']} artifacts\t{_human_bytes(info['bytes'])}")
+
+
+@app.command()
+@_errors
+def bench(
+    frames: int = typer.Option(8, "--frames"),
+    size: int = typer.Option(512, "--size"),
+    steps: int = typer.Option(30, "--steps", help="Tuning steps to time."),
+    edit_steps: int = typer.Option(50, "--edit-steps"),
+    device: str = typer.Option("auto", "--device"),
+    tiny: bool = typer.Option(False, "--tiny", help="A tiny random architecture: a quick CPU smoke test."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Time a whole tune and edit on random SD v1.4-sized weights (no download), as `tav tune`/`edit` run."""
+    from .bench import BenchSettings, run
+
+    with _Progress(quiet=False) as progress:
+        result = run(BenchSettings(frames, size, steps, edit_steps, device, tiny), progress)
+    if as_json:
+        _stdout().print_json(json.dumps(result))
+        return
+    for key, value in result.items():
+        if key != "settings":
+            typer.echo(f"{key}\t{value}")

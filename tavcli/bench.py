@@ -1,0 +1,128 @@
+"""`tav bench`: time a whole tune and edit through `jobs`, the code path users run, on random weights.
+
+The full-size SD v1.4 architecture with random weights does exactly the real compute, so its timings
+are the real ones; `tiny` is a CPU smoke test of the same path.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import jobs
+from .ddim import EditSettings
+from .store import Store
+from .tuning import TuneSettings
+from .video import FrameSampling, write_video
+
+_WARMUP = 3  # tuning steps left out of the median: allocator, cuDNN autotuning, lazy inits
+
+
+@dataclass
+class BenchSettings:
+    frames: int = 8
+    size: int = 512
+    steps: int = 30
+    edit_steps: int = 50
+    device: str = "auto"
+    tiny: bool = False
+
+
+class _Clock(jobs.Reporter):
+    """Timestamps of every stage and step, taken after the GPU has finished the work before them."""
+
+    def __init__(self, sync):
+        self.sync = sync
+        self.stages: list[tuple[str, float]] = []
+        self.steps: dict[str, list[float]] = {}
+
+    def stage(self, name: str, total: int | None = None) -> None:
+        self.sync()
+        self.stages.append((name.split(" ")[0].rstrip(":"), time.perf_counter()))
+
+    def step(self, i: int, loss: float | None = None) -> None:
+        self.sync()
+        self.steps.setdefault(self.stages[-1][0], []).append(time.perf_counter())
+
+    def span(self, first: str, then: str | None = None) -> float:
+        """Seconds from the start of stage `first` to the start of `then` (or to now)."""
+        starts = dict(self.stages)
+        return (starts[then] if then else time.perf_counter()) - starts[first]
+
+
+def _base_folder(tiny: bool) -> Path:
+    """A random-weight base, made once and cached (the full-size one takes ~20 s and 2 GB in fp16)."""
+    import platformdirs
+    import torch
+
+    from .random_base import save_random_base
+
+    arch = "tiny" if tiny else "sd-v1"
+    folder = Path(platformdirs.user_cache_dir("tav")) / "bench" / arch
+    if not (folder / "model_index.json").is_file():
+        save_random_base(folder, arch=arch, dtype=torch.float32 if tiny else torch.float16)
+    return folder
+
+
+def _clip(folder: Path, frames: int, size: int) -> Path:
+    """A synthetic clip that moves smoothly, so the encoder sees video-like frames."""
+    y, x = np.mgrid[0:size, 0:size] / size
+    video = np.stack([np.stack([np.sin(6 * x + t / 3), np.cos(5 * y - t / 4), np.sin(4 * (x + y) + t / 5)], -1)
+                      for t in range(frames)])
+    return write_video(folder / "clip.mp4", ((video + 1) * 127.5).astype(np.uint8), fps=8)
+
+
+def run(settings: BenchSettings, reporter: jobs.Reporter = jobs.Reporter()) -> dict:
+    import torch
+
+    from .models import resolve_device
+
+    device = resolve_device(settings.device)
+    cuda = device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    base = _base_folder(settings.tiny)
+    out: dict = {"settings": asdict(settings), "device": torch.cuda.get_device_name() if cuda else "cpu",
+                 "torch": torch.__version__}
+    with tempfile.TemporaryDirectory(prefix="tav-bench-") as tmp:
+        store = Store(Path(tmp) / "store")
+        clip = _clip(Path(tmp), settings.frames, settings.size)
+        clock = _Clock(sync)
+        tune_job = jobs.TuneJob(video=clip, prompt="a man is skiing", base=str(base),
+                                sampling=FrameSampling(frames=settings.frames), width=settings.size,
+                                height=settings.size, settings=TuneSettings(steps=settings.steps),
+                                device=settings.device)
+        reporter.stage(f"tuning {settings.steps} steps on {out['device']}")
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        started = time.perf_counter()
+        artifact = jobs.tune(tune_job, store, clock)
+        out["tune_total_s"] = round(time.perf_counter() - started, 2)
+        gaps = np.diff(clock.steps["tuning"][_WARMUP - 1:]) * 1000 if settings.steps > _WARMUP else [float("nan")]
+        out["tune_ms_per_step"] = round(statistics.median(gaps), 1)
+        out["load_s"] = round(clock.span("loading", "tuning"), 2)
+        out["tune_steps_s"] = round(clock.span("tuning", "inverting"), 2)
+        out["projected_300_steps_s"] = round(out["tune_ms_per_step"] * 300 / 1000, 1)
+        out["inversion_s"] = round(clock.span("inverting", "saving"), 2)
+        out["save_s"] = round(clock.span("saving"), 2)
+        if cuda:
+            out["tune_peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        out["adapter_bytes"] = sum(f.stat().st_size for f in (artifact.path / "adapter").iterdir())
+        for attempt in ("cold", "warm"):
+            torch.cuda.empty_cache() if cuda else None
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
+            reporter.stage(f"edit ({attempt})")
+            clock = _Clock(sync)
+            jobs.edit(jobs.EditJob(ref=artifact.id, prompts=["an astronaut is skiing on the moon"],
+                                   settings=EditSettings(steps=settings.edit_steps), out_dir=Path(tmp) / "out",
+                                   device=settings.device), store, clock)
+            out[f"edit_{attempt}_s"] = round(clock.span("editing"), 2)
+            out[f"edit_{attempt}_total_s"] = round(clock.span("loading"), 2)
+            if cuda:
+                out["edit_peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    return out

@@ -1,0 +1,26 @@
+import json
+
+from typer.testing import CliRunner
+
+from tavcli import jobs
+from tavcli.cli import app
+
+
+def test_tiny_bench_times_the_jobs_users_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    calls = []
+    for name in ("tune", "edit"):
+        real = getattr(jobs, name)
+        monkeypatch.setattr(jobs, name, lambda *a, _real=real, _name=name, **k: calls.append(_name) or _real(*a, **k))
+    result = CliRunner().invoke(app, ["bench", "--tiny", "--frames", "4", "--size", "64", "--steps", "6",
+                                      "--edit-steps", "2", "--device", "cpu", "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert calls == ["tune", "edit", "edit"]  # the same code path as `tav tune` and `tav edit`
+    assert out["device"] == "cpu" and out["settings"]["steps"] == 6
+    assert 0 < out["tune_ms_per_step"] < 10_000
+    assert out["projected_300_steps_s"] == round(out["tune_ms_per_step"] * 0.3, 1)
+    assert 0 < out["tune_steps_s"] < out["tune_total_s"]
+    assert out["inversion_s"] > 0 and out["load_s"] > 0 and out["adapter_bytes"] > 10_000
+    assert 0 < out["edit_warm_s"] <= out["edit_warm_total_s"]
+    assert (tmp_path / "cache" / "tav" / "bench" / "tiny" / "model_index.json").is_file()  # cached for next time
