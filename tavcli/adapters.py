@@ -87,12 +87,16 @@ def adapter_state(unet: nn.Module, spec: AdapterSpec) -> dict[str, torch.Tensor]
 
 
 def save_adapter(unet: nn.Module, spec: AdapterSpec, folder: str | Path, dtype: torch.dtype | None = None,
-                 metadata: dict[str, str] | None = None) -> Path:
-    """Write the adapter to `folder` (created). `dtype` defaults to fp16 for `full`, fp32 for `lora`."""
+                 metadata: dict[str, str] | None = None, state: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write the adapter to `folder` (created). `dtype` defaults to fp16 for `full`, fp32 for `lora`.
+
+    `state` overrides the UNet's own tensors (e.g. the fp32 ones kept from before an inference cast).
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     dtype = dtype or (torch.float16 if spec.kind == "full" else torch.float32)
-    tensors = {k: v.to("cpu", dtype).contiguous() for k, v in adapter_state(unet, spec).items()}
+    state = state if state is not None else adapter_state(unet, spec)
+    tensors = {k: v.to("cpu", dtype).contiguous() for k, v in state.items()}
     if spec.kind == "lora":
         config = _lora_config(spec).to_dict()
         config["target_modules"] = _PEFT_TARGETS  # to_dict() returns a set for regex-free lists only

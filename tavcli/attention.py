@@ -69,6 +69,13 @@ class FrameAttnProcessor:
 
     def __init__(self, ctx: ClipContext):
         self.ctx = ctx
+        self._sources: dict[tuple, torch.Tensor] = {}  # built once: no host-to-device copy per call
+
+    def sources(self, frames: int, device: torch.device) -> torch.Tensor:
+        key = (frames, self.ctx.attention, device)
+        if key not in self._sources:
+            self._sources[key] = torch.tensor(key_frames(frames, self.ctx.attention), device=device)
+        return self._sources[key]
 
     def __call__(
         self,
@@ -87,7 +94,7 @@ class FrameAttnProcessor:
         k = attn.to_k(hidden_states)
         v = attn.to_v(hidden_states)
         d = q.shape[-1] // heads
-        sources = torch.tensor(key_frames(f, self.ctx.attention), device=hidden_states.device)
+        sources = self.sources(f, hidden_states.device)
 
         def gather(x: torch.Tensor) -> torch.Tensor:
             # (B*F, N, C) -> (B*F, heads, S*N, d): each frame's queries see the S source frames' tokens.
@@ -232,8 +239,10 @@ def video_forward(
     """
     b, f = latents.shape[:2]
     clip_context(unet).frames = f
+    dtype = unet.conv_in.weight.dtype  # inputs in the weights' dtype: no per-layer casts without autocast
     t = torch.as_tensor(timestep, device=latents.device)
     if t.ndim == 1:
         t = t.repeat_interleave(f)
-    out = unet(latents.flatten(0, 1), t, encoder_hidden_states=text.repeat_interleave(f, dim=0)).sample
+    text = text.to(dtype).repeat_interleave(f, dim=0)
+    out = unet(latents.to(dtype).flatten(0, 1), t, encoder_hidden_states=text).sample
     return out.unflatten(0, (b, f))

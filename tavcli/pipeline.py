@@ -29,6 +29,7 @@ class TuneAVideo:
     base: Base
     spec: adapters.AdapterSpec
     params: list[nn.Parameter] = field(repr=False)
+    tuned_state: dict[str, torch.Tensor] | None = field(default=None, repr=False)  # fp32, once cast for inference
 
     @property
     def unet(self) -> nn.Module:
@@ -48,10 +49,23 @@ class TuneAVideo:
         inflate(base.unet, seed=spec.temporal_seed)
         adapters.load_adapter(base.unet, folder)
         set_attention_mode(base.unet, attention or adapters.read_attention(folder))
-        return cls(base, spec, [])
+        base.unet.to(base.dtype)
+        return cls(base, spec, [], tuned_state={})
 
     def save_adapter(self, folder: str | Path, dtype: torch.dtype | None = None) -> Path:
-        return adapters.save_adapter(self.unet, self.spec, folder, dtype)
+        return adapters.save_adapter(self.unet, self.spec, folder, dtype, state=self.tuned_state or None)
+
+    def for_inference(self) -> TuneAVideo:
+        """Cast the tuned weights to the frozen weights' dtype, so sampling runs without autocast's casts.
+
+        Their fp32 values are kept (on the CPU) for `save_adapter`; tuning further needs a new object.
+        """
+        if self.tuned_state is None and self.base.dtype != torch.float32:
+            self.tuned_state = {k: v.detach().to("cpu", copy=True) for k, v in
+                                adapters.adapter_state(self.unet, self.spec).items()}
+            self.unet.to(self.base.dtype)
+            self.params = []
+        return self
 
     def latents(self, frames: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         return encode_frames(self.base, frames)
@@ -66,11 +80,13 @@ class TuneAVideo:
                     self.base.scheduler_config.get("prediction_type", "epsilon"), callback)
 
     def invert(self, frames: np.ndarray, steps: int = 50, callback: Callable[[int], None] | None = None,
-               ) -> torch.Tensor:
+               cuda_graphs: bool = True) -> torch.Tensor:
         """DDIM-invert the clip's latents (posterior mean) with the empty prompt: (1, F, 4, h, w)."""
+        self.for_inference()
         mean, _ = self.latents(frames)
         schedule = ddim.ddim_schedule(self.base.scheduler_config, steps)
-        return ddim.invert(self.unet, mean, encode_prompts(self.base, [""]), schedule, callback)
+        denoise = ddim.Denoiser(self.unet, cuda_graphs)
+        return ddim.invert(denoise, mean, encode_prompts(self.base, [""]), schedule, callback)
 
     def generate(self, prompts: list[str], settings: ddim.EditSettings = ddim.EditSettings(),
                  noise: torch.Tensor | None = None, frames: int = 8, height: int = 512, width: int = 512,
@@ -80,15 +96,17 @@ class TuneAVideo:
         With `settings.inversion` off, or no `noise`, the start is Gaussian noise of `frames` x `height`
         x `width` (the paper's "w/o inversion" ablation and plain text-to-video).
         """
+        self.for_inference()
         if noise is None or not settings.inversion:
             f = self.base.vae_factor
             g = torch.Generator().manual_seed(settings.seed)
             noise = torch.randn(1, frames, 4, height // f, width // f, generator=g).to(self.base.device)
         schedule = ddim.ddim_schedule(self.base.scheduler_config, settings.steps)
         uncond = encode_prompts(self.base, [settings.negative_prompt])
+        denoise = ddim.Denoiser(self.unet, settings.cuda_graphs)  # one capture serves every prompt
         videos = []
         for text in encode_prompts(self.base, prompts).split(1):
-            latents = ddim.sample(self.unet, noise, text, uncond, schedule, settings.guidance, callback)
+            latents = ddim.sample(denoise, noise, text, uncond, schedule, settings.guidance, callback)
             videos.append(decode_latents(self.base, latents)[0])
         return np.stack(videos)
 

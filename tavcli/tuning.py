@@ -36,12 +36,14 @@ class ClipLatents:
 
 
 def autocast_for(unet: nn.Module) -> contextlib.AbstractContextManager:
-    """Autocast to the frozen weights' dtype, so fp32 trainable weights are cast at use."""
+    """Autocast to the frozen weights' dtype while some weights are fp32 (tuning), so those are cast at use.
+
+    A UNet all in one dtype (fp32 on CPU, or bf16 for inference) runs without autocast and its casts.
+    """
     dtype = unet.conv_in.weight.dtype
-    device = unet.conv_in.weight.device
-    if dtype == torch.float32:
+    if dtype == torch.float32 or all(p.dtype == dtype for p in unet.parameters()):
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
+    return torch.autocast(unet.conv_in.weight.device.type, dtype=dtype)
 
 
 def diffusion_target(x0: torch.Tensor, noise: torch.Tensor, alpha: torch.Tensor, prediction: str) -> torch.Tensor:
@@ -69,11 +71,15 @@ def tune(
     device = clip.mean.device
     g = torch.Generator(device).manual_seed(settings.seed)
     alphas = alphas_cumprod.to(device)
+    if not params:
+        raise ValueError("nothing to train: these weights were set for inference; create a new TuneAVideo")
+    fused = device.type == "cuda"  # one kernel for the whole update instead of a few per tensor
     optimizer = torch.optim.AdamW(params, lr=settings.lr, betas=settings.betas,
-                                  weight_decay=settings.weight_decay, foreach=True)
+                                  weight_decay=settings.weight_decay, fused=fused, foreach=not fused)
     if settings.gradient_checkpointing:
         unet.enable_gradient_checkpointing()  # diffusers' is non-reentrant: every parameter gets its gradient
     unet.train()
+    autocast = autocast_for(unet)
     losses = []
     for step in range(settings.steps):
         x0 = clip.mean + clip.std * torch.randn(clip.mean.shape, generator=g, device=device)
@@ -81,7 +87,7 @@ def tune(
         t = torch.randint(0, len(alphas), (1,), generator=g, device=device)  # one timestep per clip
         a = alphas[t].view(1, 1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        with autocast_for(unet):
+        with autocast:
             pred = video_forward(unet, xt, t, clip.text)
         loss = F.mse_loss(pred.float(), diffusion_target(x0, noise, a, prediction))
         loss.backward()
