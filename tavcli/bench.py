@@ -31,6 +31,7 @@ class BenchSettings:
     edit_steps: int = 50
     device: str = "auto"
     tiny: bool = False
+    low_memory: bool = False
 
 
 class _Clock(jobs.Reporter):
@@ -94,7 +95,9 @@ def run(settings: BenchSettings, reporter: jobs.Reporter = jobs.Reporter()) -> d
         clock = _Clock(sync)
         tune_job = jobs.TuneJob(video=clip, prompt="a man is skiing", base=str(base),
                                 sampling=FrameSampling(frames=settings.frames), width=settings.size,
-                                height=settings.size, settings=TuneSettings(steps=settings.steps),
+                                height=settings.size,
+                                settings=TuneSettings(steps=settings.steps,
+                                                      gradient_checkpointing=True if settings.low_memory else None),
                                 device=settings.device)
         reporter.stage(f"tuning {settings.steps} steps on {out['device']}")
         if cuda:

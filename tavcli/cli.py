@@ -190,6 +190,9 @@ def tune(
     rank: int = typer.Option(16, "--rank", help="LoRA rank (with --adapter lora)."),
     attention: str = typer.Option("sparse-causal", "--attention", help="sparse-causal, first-frame, full or frame."),
     seed: int = typer.Option(0, "--seed"),
+    low_memory: bool = typer.Option(False, "--low-memory",
+                                    help="Gradient checkpointing: slower steps, far less GPU memory "
+                                         "(chosen by itself when the clip would not fit)."),
     device: str = typer.Option("auto", "--device", help="auto, cuda or cpu."),
     dtype: str = typer.Option("auto", "--dtype", help="auto, bf16, fp16 or fp32 (frozen weights)."),
     as_json: bool = typer.Option(False, "--json", help="Print the artifact as one JSON object."),
@@ -208,7 +211,8 @@ def tune(
         sampling=FrameSampling(frames=frames, start=start, stride=stride),
         width=width or size, height=height or size, resize=resize,
         adapter=AdapterSpec(kind=adapter, rank=rank, temporal_seed=seed), attention=attention,
-        settings=TuneSettings(steps=steps, lr=lr, seed=seed), device=device, dtype=dtype,
+        settings=TuneSettings(steps=steps, lr=lr, seed=seed, gradient_checkpointing=True if low_memory else None),
+        device=device, dtype=dtype,
     )
     store = _store()
     with _Progress(quiet) as progress:
@@ -405,13 +409,14 @@ def bench(
     edit_steps: int = typer.Option(50, "--edit-steps"),
     device: str = typer.Option("auto", "--device"),
     tiny: bool = typer.Option(False, "--tiny", help="A tiny random architecture: a quick CPU smoke test."),
+    low_memory: bool = typer.Option(False, "--low-memory", help="Time `tav tune --low-memory`."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Time a whole tune and edit on random SD v1.4-sized weights (no download), as `tav tune`/`edit` run."""
     from .bench import BenchSettings, run
 
     with _Progress(quiet=False) as progress:
-        result = run(BenchSettings(frames, size, steps, edit_steps, device, tiny), progress)
+        result = run(BenchSettings(frames, size, steps, edit_steps, device, tiny, low_memory), progress)
     if as_json:
         _stdout().print_json(json.dumps(result))
         return

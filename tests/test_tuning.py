@@ -106,3 +106,21 @@ def test_tuning_is_seedable_and_touches_only_the_trainable_weights(tiny_unet):
         changed = {n for n, p in unet.named_parameters() if not torch.equal(p, frozen[n])}
         assert changed == {n for n, p in unet.named_parameters() if p.requires_grad}
     assert runs[0] == runs[1]
+
+
+def test_bf16_master_weights_track_fp32_tuning(tiny_unet):
+    """bf16 compute with fp32 masters (the GPU path) follows the fp32 run and leaves fp32 tuned weights."""
+    runs, deltas = {}, {}
+    for dtype in (torch.float32, torch.bfloat16):
+        unet = inflate(tiny_unet()).to(dtype)
+        params = attach(unet, AdapterSpec("full"))
+        before = torch.cat([p.detach().flatten() for p in params])
+        runs[dtype] = tune(unet, params, random_clip(), alphas(), TuneSettings(steps=10, lr=1e-5))
+        assert all(p.dtype == torch.float32 for p in params)
+        assert {p.dtype for p in unet.parameters() if not p.requires_grad} == {dtype}
+        deltas[dtype] = torch.cat([p.detach().flatten() for p in params]) - before
+    assert max(abs(a - b) for a, b in zip(runs[torch.float32], runs[torch.bfloat16])) < 0.01
+    # Updates below bf16's resolution still land (fp32 masters), in the fp32 run's direction.
+    cosine = torch.nn.functional.cosine_similarity(deltas[torch.float32], deltas[torch.bfloat16], dim=0)
+    assert cosine > 0.9, cosine
+    assert (deltas[torch.bfloat16] != 0).float().mean() > 0.9  # 1e-4 in all: below bf16 spacing at 0.1
