@@ -241,8 +241,8 @@ def video_forward(
     clip_context(unet).frames = f
     dtype = unet.conv_in.weight.dtype  # inputs in the weights' dtype: no per-layer casts without autocast
     t = torch.as_tensor(timestep, device=latents.device)
-    if t.ndim == 1:
-        t = t.repeat_interleave(f)
-    text = text.to(dtype).repeat_interleave(f, dim=0)
+    if t.ndim == 1:  # expand, not repeat_interleave: no host sync, so the call can be graph-captured
+        t = t[:, None].expand(b, f).reshape(b * f)
+    text = text.to(dtype)[:, None].expand(b, f, *text.shape[1:]).reshape(b * f, *text.shape[1:])
     out = unet(latents.to(dtype).flatten(0, 1), t, encoder_hidden_states=text).sample
     return out.unflatten(0, (b, f))

@@ -24,6 +24,7 @@ class TuneSettings:
     max_grad_norm: float = 1.0
     seed: int = 0
     gradient_checkpointing: bool | None = None  # None: only when the clip would not fit the GPU otherwise
+    cuda_graphs: bool = True  # replay each step as one CUDA graph (GPU, without checkpointing)
 
 
 @dataclass
@@ -97,6 +98,68 @@ def diffusion_target(x0: torch.Tensor, noise: torch.Tensor, alpha: torch.Tensor,
     raise ValueError(f"unsupported prediction type {prediction!r}")
 
 
+class TrainStep:
+    """One optimisation step on fixed input buffers, so that on a GPU it can be captured once as a CUDA
+    graph and replayed: a step launches ~2,000 kernels, and issuing them one by one from Python costs
+    about a third of an eager step's time (docs/performance.md).
+    """
+
+    warmup = 3  # eager steps before the capture: lazy inits, cuDNN autotuning, the allocator settling
+
+    def __init__(self, unet: nn.Module, clip: ClipLatents, alphas: torch.Tensor, prediction: str,
+                 optimizer: torch.optim.Optimizer, max_grad_norm: float, masters: MasterWeights | None,
+                 graphs: bool):
+        self.unet, self.clip, self.alphas, self.prediction = unet, clip, alphas, prediction
+        self.optimizer, self.max_grad_norm, self.masters = optimizer, max_grad_norm, masters
+        self.trained = [p for group in optimizer.param_groups for p in group["params"]]
+        self.autocast = autocast_for(unet)
+        self.graphs = graphs
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.steps_run = 0
+        self.draw = torch.empty_like(clip.mean)  # the posterior sample's noise
+        self.noise = torch.empty_like(clip.mean)  # the diffusion noise
+        self.t = torch.zeros(1, dtype=torch.long, device=clip.mean.device)
+
+    def __call__(self, g: torch.Generator) -> torch.Tensor:
+        """Draw this step's randomness from `g`, take the step, return its loss (a 0-d tensor)."""
+        self.draw.normal_(generator=g)
+        self.noise.normal_(generator=g)
+        self.t.random_(0, len(self.alphas), generator=g)  # one timestep per clip
+        self.steps_run += 1
+        if not self.graphs:
+            return self._step()
+        if self.steps_run <= self.warmup:
+            side = torch.cuda.Stream()  # warm-up off the default stream, as graph capture asks
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                loss = self._step()
+            torch.cuda.current_stream().wait_stream(side)
+            return loss
+        if self.graph is None:
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):  # records the step without running it
+                self.loss = self._step()
+        self.graph.replay()
+        return self.loss.clone()
+
+    def _step(self) -> torch.Tensor:
+        x0 = self.clip.mean + self.clip.std * self.draw
+        a = self.alphas[self.t].view(1, 1, 1, 1, 1)
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * self.noise
+        with self.autocast:
+            pred = video_forward(self.unet, xt, self.t, self.clip.text)
+        loss = F.mse_loss(pred.float(), diffusion_target(x0, self.noise, a, self.prediction))
+        loss.backward()
+        if self.masters:
+            self.masters.grads_to_masters()
+        torch.nn.utils.clip_grad_norm_(self.trained, self.max_grad_norm, foreach=True)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.masters:
+            self.masters.masters_to_params()
+        return loss.detach()
+
+
 def tune(
     unet: nn.Module,
     params: list[nn.Parameter],
@@ -112,45 +175,29 @@ def tune(
     so a caller that only draws a bar now and then keeps the step loop free of syncs.
     """
     device = clip.mean.device
-    g = torch.Generator(device).manual_seed(settings.seed)
-    alphas = alphas_cumprod.to(device)
     if not params:
         raise ValueError("nothing to train: these weights were set for inference; create a new TuneAVideo")
     # bf16 on a GPU: master weights (no autocast); fp32 on CPU: plain; fp16: autocast, as before bf16 existed
     frozen = unet.conv_in.weight.dtype
     masters = MasterWeights(params, frozen) if frozen == torch.bfloat16 else None
-    trained = masters.masters if masters else params
-    fused = device.type == "cuda"  # one kernel for the whole update instead of a few per tensor
-    optimizer = torch.optim.AdamW(trained, lr=settings.lr, betas=settings.betas,
-                                  weight_decay=settings.weight_decay, fused=fused, foreach=not fused)
+    cuda = device.type == "cuda"  # fused: one kernel for the whole update; capturable: graph-safe
+    optimizer = torch.optim.AdamW(masters.masters if masters else params, lr=settings.lr, betas=settings.betas,
+                                  weight_decay=settings.weight_decay, fused=cuda, foreach=not cuda, capturable=cuda)
     checkpointing = settings.gradient_checkpointing
     if checkpointing is None:
         checkpointing = needs_checkpointing(clip, device)
     if checkpointing:
         unet.enable_gradient_checkpointing()  # diffusers' is non-reentrant: every parameter gets its gradient
     unet.train()
-    autocast = autocast_for(unet)
+    graphs = settings.cuda_graphs and cuda and not checkpointing and frozen != torch.float16
+    step = TrainStep(unet, clip, alphas_cumprod.to(device), prediction, optimizer, settings.max_grad_norm,
+                     masters, graphs)
+    g = torch.Generator(device).manual_seed(settings.seed)
     losses = []
-    for step in range(settings.steps):
-        x0 = clip.mean + clip.std * torch.randn(clip.mean.shape, generator=g, device=device)
-        noise = torch.randn(x0.shape, generator=g, device=device)
-        t = torch.randint(0, len(alphas), (1,), generator=g, device=device)  # one timestep per clip
-        a = alphas[t].view(1, 1, 1, 1, 1)
-        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        with autocast:
-            pred = video_forward(unet, xt, t, clip.text)
-        loss = F.mse_loss(pred.float(), diffusion_target(x0, noise, a, prediction))
-        loss.backward()
-        if masters:
-            masters.grads_to_masters()
-        torch.nn.utils.clip_grad_norm_(trained, settings.max_grad_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if masters:
-            masters.masters_to_params()
-        losses.append(loss.detach())
+    for i in range(settings.steps):
+        losses.append(step(g))
         if callback is not None:
-            callback(step, losses[-1])
+            callback(i, losses[-1])
     if masters:
         masters.restore()
     unet.eval()
