@@ -36,6 +36,10 @@ class AdapterError(ValueError):
     """An adapter folder that is missing, malformed, or made for another model."""
 
 
+class AdapterSpecError(AdapterError):
+    """Settings that describe no valid adapter (bad input, not a damaged file)."""
+
+
 @dataclass(frozen=True)
 class AdapterSpec:
     kind: str = "full"
@@ -44,9 +48,9 @@ class AdapterSpec:
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
-            raise AdapterError(f"unknown adapter kind {self.kind!r}; choose one of {', '.join(KINDS)}")
+            raise AdapterSpecError(f"unknown adapter kind {self.kind!r}; choose one of {', '.join(KINDS)}")
         if self.kind == "lora" and self.rank < 1:
-            raise AdapterError(f"LoRA rank must be at least 1, got {self.rank}")
+            raise AdapterSpecError(f"LoRA rank must be at least 1, got {self.rank}")
 
 
 def _lora_config(spec: AdapterSpec):

@@ -52,7 +52,7 @@ def _stderr() -> Console:
 
 
 def _exit_code(error: BaseException) -> int:
-    from .adapters import AdapterError
+    from .adapters import AdapterError, AdapterSpecError
     from .jobs import JobError
     from .models import BaseModelError
     from .store import AmbiguousRefError, CorruptArtifactError, NotFoundError, StoreError
@@ -60,6 +60,8 @@ def _exit_code(error: BaseException) -> int:
 
     if isinstance(error, NotFoundError):
         return EXIT_NOT_FOUND
+    if isinstance(error, AdapterSpecError):
+        return EXIT_USAGE
     if isinstance(error, (CorruptArtifactError, AdapterError)):
         return EXIT_FAILURE
     if isinstance(error, (AmbiguousRefError, StoreError, JobError, VideoError, BaseModelError, ValueError)):

@@ -18,6 +18,7 @@ import numpy as np
 
 from . import __version__
 from .adapters import AdapterSpec
+from .attention import key_frames
 from .ddim import EditSettings
 from .models import DEFAULT_BASE, fingerprint
 from .store import Artifact, Store
@@ -113,6 +114,9 @@ def tune(job: TuneJob, store: Store, reporter: Reporter = Reporter()) -> Artifac
         raise JobError("the prompt is empty; describe the clip, e.g. \"a man is skiing\"")
     if job.settings.steps < 0:
         raise JobError(f"--steps must be 0 or more, got {job.settings.steps}")
+    if job.inversion_steps < 1:
+        raise JobError(f"inversion steps must be at least 1, got {job.inversion_steps}")
+    key_frames(1, job.attention)  # an unknown mode fails now, not after loading the base
     store.check_name(job.name)
     clip = read_video(job.video, job.sampling, job.width, job.height, job.resize)
     reporter.stage(f"loading {job.base}")
@@ -190,6 +194,8 @@ def check_edit(job: EditJob, artifact: Artifact) -> None:
     tuned_frames = artifact.manifest["video"]["frames"]
     if job.frames is not None and job.frames != tuned_frames and job.settings.inversion:
         raise JobError(f"--frames {job.frames} needs --no-inversion: the stored inversion has {tuned_frames} frames")
+    if job.settings.steps < 1:
+        raise JobError(f"--steps must be at least 1, got {job.settings.steps}")
     if job.fps <= 0:
         raise JobError(f"--fps must be positive, got {job.fps}")
     if job.frames is not None and job.frames < 1:
@@ -230,7 +236,8 @@ def edit(job: EditJob, store: Store, reporter: Reporter = Reporter()) -> list[Pa
         if source is not None:
             video = np.concatenate([source, video], axis=2)  # source left, edit right
         suffix = "" if job.format == "png" else f".{job.format}"
-        path = _reserve(job.output or job.out_dir / f"{artifact.name or artifact.short_id}-{_slug(prompt)}{suffix}")
+        output = job.output.with_suffix(suffix) if job.output and not job.output.suffix else job.output
+        path = _reserve(output or job.out_dir / f"{artifact.name or artifact.short_id}-{_slug(prompt)}{suffix}")
         try:
             _write(path, video, fps)
         except BaseException:  # an interrupted or failed write leaves no empty placeholder behind

@@ -270,6 +270,8 @@ class Store:
 
     def import_file(self, src: Path) -> Artifact:
         src = Path(src)
+        if not src.is_file():
+            raise ExportError(f"{src} not found; give the path of a .tav file made by `tav export`")
         try:
             zf = zipfile.ZipFile(src)
         except (zipfile.BadZipFile, OSError) as e:

@@ -151,6 +151,7 @@ def _read_with_decord(path: Path, sampling: FrameSampling) -> _Source:
     problem = _diagnose(path, undecodable=None)
     if problem:
         raise VideoError(problem)
+    decord.logging.set_level(decord.logging.QUIET)  # FFmpeg's own log lines would bypass our errors
     try:
         reader = decord.VideoReader(str(path), ctx=decord.cpu(0))
     except (DECORDError, RuntimeError):
@@ -332,7 +333,9 @@ def _write_mp4(tmp: Path, frames: np.ndarray, fps: float) -> None:
         stream = container.add_stream("libx264", rate=rate)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"  # the only H.264 flavour every player decodes
-        stream.options = {"crf": "18"}  # visually lossless; outputs are small anyway
+        # crf 18: visually lossless. mbtree off: with it, x264 encoded the same small frames differently
+        # from run to run (a same-seed edit must give the same file).
+        stream.options = {"crf": "18", "x264-params": "mbtree=0"}
         for frame in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode())  # flush frames the encoder is still holding

@@ -1,0 +1,729 @@
+"""End-to-end tests of the `tav` command line, in-process (Typer's CliRunner) and as a real `tav` subprocess.
+
+Everything runs on the tiny random base of conftest's `tiny_base_dir` at 64x64, 4 frames and 2 steps, against a
+store in a per-test $TAV_HOME. One artifact is tuned once per module (`tuned_home`) and each test that needs it
+gets a copy of that store, so only the flows that are about tuning tune again.
+
+The contract under test (tavcli/cli.py): stdout carries results only; progress and errors go to stderr; an
+error is ONE line starting with "tav: error:", never a traceback; exit codes 0 ok, 1 runtime failure, 2 usage or
+bad input, 3 not found, 130 interrupted; a failed or interrupted command leaves the store as it was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import queue
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import traceback
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from tavcli import __version__
+from tavcli.cli import app
+from tavcli.store import SCHEMA, Store, _canonical, _content_id
+from tavcli.video import FrameSampling, read_video
+
+TAV = shutil.which("tav", path=str(Path(sys.executable).parent)) or shutil.which("tav") or "tav"
+TUNE = ("--frames", "4", "--size", "64", "--steps", "2")
+EDIT = ("--steps", "2")
+PROMPT = "a red square slides right"
+LIST_FIELDS = {"id", "short_id", "name", "prompt", "source", "frames", "width", "height", "base", "adapter", "bytes",
+               "created", "edits"}
+SHORT_ID = re.compile(r"[0-9a-f]{12}")
+
+
+# --- running tav ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    code: int
+    stdout: str
+    stderr: str
+
+
+def _subprocess_env(home: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "TAV_DEBUG"}
+    # One OpenMP thread: on small 2-core machines torch's 2-thread kernels on these tiny tensors can be 10x
+    # slower than one thread; and two concurrent `tav` processes should not fight over the cores.
+    env.update({"TAV_HOME": str(home), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", **extra})
+    return env
+
+
+def run_subprocess(home: Path, *args: object, input: str | None = None, cwd: Path | None = None,
+                   **env: str) -> Result:
+    p = subprocess.run([TAV, *map(str, args)], input=input, capture_output=True, text=True, timeout=180,
+                       env=_subprocess_env(home, **env), cwd=cwd)
+    return Result(p.returncode, p.stdout, p.stderr)
+
+
+def _invoke(*args: object, input: str | None = None, env: dict[str, str] | None = None) -> Result:
+    r = CliRunner().invoke(app, [str(a) for a in args], input=input, env=env, catch_exceptions=True)
+    stderr = r.stderr
+    if r.exc_info is not None and not issubclass(r.exc_info[0], SystemExit):
+        stderr += "".join(traceback.format_exception(*r.exc_info))  # an escaped exception: show it as a traceback
+    return Result(r.exit_code, r.stdout, stderr)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # see _subprocess_env
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def cli(capfd):
+    """`tav ...` in-process; anything native code writes straight to fd 1/2 is counted as output too."""
+
+    def invoke(*args: object, input: str | None = None) -> Result:
+        capfd.readouterr()
+        r = _invoke(*args, input=input)
+        native = capfd.readouterr()
+        return Result(r.code, r.stdout + native.out, r.stderr + native.err)
+
+    return invoke
+
+
+# --- sources, stores and what to check in them ---------------------------------------------------------------------
+
+
+def make_mp4(path: Path, n: int = 12, width: int = 96, height: int = 64, **container_options: str) -> Path:
+    """n frames whose colour changes and across which a white bar moves, encoded with PyAV."""
+    frames = np.empty((n, height, width, 3), np.uint8)
+    for i in range(n):
+        frames[i] = (20 + 15 * i, 100, 220 - 15 * i)
+        frames[i, :, (7 * i) % (width - 10):(7 * i) % (width - 10) + 10] = 255
+    with av.open(str(path), "w", options=container_options) as container:
+        stream = container.add_stream("libx264", rate=8)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    return path
+
+
+def mp4_frames(path: Path) -> np.ndarray:
+    """Every frame of an mp4, decoded: (F, H, W, 3) uint8."""
+    with av.open(str(path)) as container:
+        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+
+
+def gif_frames(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        out = []
+        for i in range(image.n_frames):
+            image.seek(i)
+            out.append(np.asarray(image.convert("RGB")))
+    return np.stack(out)
+
+
+def png_folder_frames(folder: Path) -> np.ndarray:
+    """The frames of an `--format png` edit: 0000.png, 0001.png, ..."""
+    assert folder.is_dir(), folder
+    return np.stack([np.asarray(Image.open(p).convert("RGB")) for p in sorted(folder.iterdir())])
+
+
+def assert_video(path: Path, frames: int, width: int = 64, height: int = 64) -> np.ndarray:
+    assert path.is_file(), path
+    decoded = gif_frames(path) if path.suffix == ".gif" else mp4_frames(path)
+    assert decoded.shape == (frames, height, width, 3), (path, decoded.shape)
+    if path.suffix == ".mp4":  # and tav's own reader agrees
+        clip = read_video(path, FrameSampling(frames=frames), width, height)
+        assert (clip.source_frames, clip.source_size) == (frames, (width, height))
+    return decoded
+
+
+def store_state(home: Path) -> tuple[list, dict]:
+    """What must not change when a command fails: `tav list --json` and every file under artifacts/."""
+    listing = _invoke("list", "--json", env={"TAV_HOME": str(home)})
+    assert listing.code == 0, listing.stderr
+    files = {}
+    for p in sorted((home / "artifacts").rglob("*")):
+        rel = p.relative_to(home).as_posix()
+        files[rel] = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+    return json.loads(listing.stdout), files
+
+
+def tmp_leftovers(home: Path) -> list[str]:
+    """What is in TAV_HOME/tmp beside lock files: staging and removal dirs must be gone."""
+    return sorted(p.name for p in (home / "tmp").iterdir() if not (p.is_file() and p.suffix == ".lock"))
+
+
+def assert_error(r: Result, code: int, *words: str, progress: bool = False) -> str:
+    """A failed command: exit code, one "tav: error:" line naming the problem, nothing on stdout, no traceback.
+
+    With `progress`, progress lines ("tav: loading ...") may come before the error line, which is still last.
+    """
+    assert "Traceback" not in r.stdout + r.stderr, r.stderr
+    assert r.code == code, (r.code, r.stderr)
+    assert r.stdout == ""
+    lines = r.stderr.splitlines()
+    if progress:
+        assert all(line.startswith("tav: ") and not line.startswith("tav: error:") for line in lines[:-1]), lines
+        lines = lines[-1:]
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("tav: error: "), r.stderr
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def source_mp4(tmp_path_factory) -> Path:
+    return make_mp4(tmp_path_factory.mktemp("src") / "slide.mp4")
+
+
+@pytest.fixture(scope="module")
+def tuned_home(tmp_path_factory, tiny_base_dir, source_mp4, _one_thread) -> Path:
+    """A store holding one artifact, named "slide", tuned once for the module (copied by `home`)."""
+    home = tmp_path_factory.mktemp("tuned") / "home"
+    r = _invoke("tune", source_mp4, PROMPT, "--name", "slide", "--base", tiny_base_dir, *TUNE,
+                env={"TAV_HOME": str(home)})
+    assert r.code == 0, r.stderr
+    return home
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch, tuned_home) -> Path:
+    """A private copy of the module's store, as $TAV_HOME."""
+    home = tmp_path / "home"
+    shutil.copytree(tuned_home, home)
+    monkeypatch.setenv("TAV_HOME", str(home))
+    monkeypatch.delenv("TAV_DEBUG", raising=False)
+    return home
+
+
+@pytest.fixture
+def empty_home(tmp_path, monkeypatch) -> Path:
+    home = tmp_path / "empty-home"
+    Store(home)
+    monkeypatch.setenv("TAV_HOME", str(home))
+    monkeypatch.delenv("TAV_DEBUG", raising=False)
+    return home
+
+
+def only_artifact(home: Path):
+    (artifact,) = Store(home).list()
+    return artifact
+
+
+# --- the whole flow ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["runner", "subprocess"])
+def via(request, empty_home):
+    """How the flow runs `tav`: in-process through Typer's CliRunner, or as a real `tav` process."""
+    if request.param == "runner":
+        return request.getfixturevalue("cli")
+    return lambda *args, input=None: run_subprocess(empty_home, *args, input=input)
+
+
+def test_tune_list_show_edit_export_rm_import_edit(via, request, empty_home, tmp_path, source_mp4, tiny_base_dir):
+    home, out = empty_home, tmp_path / "out"
+    in_process = request.node.callspec.params["via"] == "runner"
+
+    def check(*args: object) -> Result:  # reads that verify a step, in-process (a `tav` process costs seconds)
+        r = _invoke(*args, env={"TAV_HOME": str(home)})
+        assert r.code == 0, r.stderr
+        return r
+
+    r = via("tune", source_mp4, PROMPT, "--name", "slide", "--base", tiny_base_dir, *TUNE, "-q")
+    assert (r.code, r.stderr) == (0, "")
+    sid = r.stdout.strip()
+    assert SHORT_ID.fullmatch(sid) and r.stdout == sid + "\n"
+
+    r = via("list", "--json")
+    assert (r.code, r.stderr) == (0, "")
+    (row,) = json.loads(r.stdout)
+    assert LIST_FIELDS <= row.keys()
+    assert row["short_id"] == sid and row["id"].startswith(sid) and len(row["id"]) == 64
+    assert (row["name"], row["prompt"], row["source"]) == ("slide", PROMPT, str(source_mp4.resolve()))
+    assert (row["frames"], row["width"], row["height"]) == (4, 64, 64)
+    assert (row["base"], row["adapter"], row["edits"]) == (str(tiny_base_dir), "full", 0)
+    assert row["bytes"] > 0 and row["created"]
+    full_id = row["id"]
+
+    r = via("show", "slide", "--json")
+    assert (r.code, r.stderr) == (0, "")
+    shown = json.loads(r.stdout)
+    assert (shown["id"], shown["prompt"], shown["edits"]) == (full_id, PROMPT, [])
+    assert shown["video"]["frames"] == 4 and len(shown["loss"]) == 2
+
+    r = (via if in_process else check)("list")
+    assert sid in r.stdout and "slide" in r.stdout and "4×64×64" in r.stdout
+    r = (via if in_process else check)("show", sid)
+    assert full_id in r.stdout and PROMPT in r.stdout
+
+    # Two prompts, one mp4 each; then a gif. Progress on stderr, only the paths on stdout.
+    r = via("edit", sid, "a blue car", "a green tree", *EDIT, "--seed", "5", "--out-dir", out)
+    assert r.code == 0, r.stderr
+    paths = [Path(line) for line in r.stdout.splitlines()]
+    assert [p.name for p in paths] == ["slide-a-blue-car.mp4", "slide-a-green-tree.mp4"]
+    assert "tav: editing: a blue car" in r.stderr and "Traceback" not in r.stderr
+    first = assert_video(paths[0], 4)
+    assert_video(paths[1], 4)
+    r = via("edit", "slide", "a blue car", *EDIT, "--format", "gif", "--out-dir", out)
+    assert r.code == 0, r.stderr
+    assert_video(Path(r.stdout.strip()), 4)
+    if in_process:  # the frames as generated, before any encoding
+        r = via("edit", "slide", "a blue car", *EDIT, "--seed", "5", "--format", "png", "--out-dir", out, "-q")
+        assert r.code == 0, r.stderr
+        first_png = png_folder_frames(Path(r.stdout.strip()))
+
+    bundle = tmp_path / "slide.tav"
+    r = via("export", "slide", bundle)
+    assert (r.code, r.stdout.strip()) == (0, str(bundle))
+    assert zipfile.is_zipfile(bundle)
+
+    r = via("rm", "slide")
+    assert (r.code, r.stdout) == (0, sid + "\n")
+    assert json.loads(check("list", "--json").stdout) == []
+    assert not (home / "artifacts" / full_id).exists() and tmp_leftovers(home) == []
+
+    r = via("import", bundle)
+    assert (r.code, r.stdout) == (0, sid + "\n")
+    (row,) = json.loads(check("list", "--json").stdout)
+    edits = 4 if in_process else 3
+    assert (row["id"], row["name"], row["edits"]) == (full_id, "slide", edits)  # the edit log travels too
+
+    # The same prompt, steps and seed after the round trip: the very same frames, as generated (png) and as
+    # the user gets them (mp4).
+    if in_process:
+        r = via("edit", sid, "a blue car", *EDIT, "--seed", "5", "--format", "png", "--out-dir", tmp_path / "again")
+        assert r.code == 0, r.stderr
+        assert np.array_equal(first_png, png_folder_frames(Path(r.stdout.strip())))
+        edits += 1
+    r = via("edit", sid, "a blue car", *EDIT, "--seed", "5", "--out-dir", tmp_path / "again")
+    assert r.code == 0, r.stderr
+    again = assert_video(Path(r.stdout.strip()), 4)
+    assert np.array_equal(first, again), "the same edit encoded to different mp4 frames"
+    assert len(json.loads(check("show", "slide", "--json").stdout)["edits"]) == edits + 1
+    assert tmp_leftovers(home) == []
+
+
+# --- small things --------------------------------------------------------------------------------------------------
+
+
+def test_version(cli):
+    r = cli("--version")
+    assert (r.code, r.stdout, r.stderr) == (0, f"tav {__version__}\n", "")
+
+
+def test_tune_json_and_store_json(cli, empty_home, source_mp4, tiny_base_dir):
+    r = cli("tune", source_mp4, PROMPT, "--base", tiny_base_dir, *TUNE, "--json")
+    assert r.code == 0, r.stderr
+    tuned = json.loads(r.stdout)
+    assert LIST_FIELDS <= tuned.keys() and tuned["name"] is None and tuned["edits"] == 0
+    assert "tav: tuning (2 steps)" in r.stderr and "tav: stored " + tuned["short_id"] in r.stderr
+    assert Path(tuned["path"]) == empty_home / "artifacts" / tuned["id"]
+
+    r = cli("store", "--json")
+    assert r.code == 0
+    info = json.loads(r.stdout)
+    assert (info["root"], info["artifacts"]) == (str(empty_home), 1)
+    assert info["bytes"] == tuned["bytes"] > 0
+    r = cli("store")
+    assert r.code == 0 and r.stdout.startswith(f"{empty_home}\t1 artifacts\t")
+
+
+def test_edit_json_prompts_from_stdin(cli, home, tmp_path):
+    r = cli("edit", "slide", "--prompts-file", "-", *EDIT, "--out-dir", tmp_path, "--json",
+            input="a blue car\n\n  a green tree  \n")
+    assert r.code == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["artifact"] == only_artifact(home).short_id
+    assert [o["prompt"] for o in doc["outputs"]] == ["a blue car", "a green tree"]
+    for o in doc["outputs"]:
+        assert_video(Path(o["path"]), 4)
+
+
+def test_edit_never_overwrites(cli, home, tmp_path):
+    paths = []
+    for _ in range(2):
+        r = cli("edit", "slide", "a blue car", *EDIT, "--out-dir", tmp_path, "-q")
+        assert (r.code, r.stderr) == (0, "")
+        paths.append(Path(r.stdout.strip()))
+    assert paths[0] != paths[1] and paths[1].name == "slide-a-blue-car-1.mp4"
+    videos = [assert_video(p, 4) for p in paths]
+    assert np.array_equal(*videos), "the same edit twice encoded to different mp4 frames"
+    edits = json.loads(cli("show", "slide", "--json").stdout)["edits"]
+    assert [e["output"] for e in edits] == [str(p.resolve()) for p in paths]
+
+
+def test_edit_output_grid_png_and_frames(cli, home, tmp_path):
+    r = cli("edit", "slide", "a blue car", *EDIT, "-o", tmp_path / "grid.mp4", "--grid")
+    assert (r.code, r.stdout) == (0, f"{tmp_path / 'grid.mp4'}\n"), r.stderr
+    assert_video(tmp_path / "grid.mp4", 4, width=128)
+
+    r = cli("edit", "slide", "a blue car", *EDIT, "--format", "png", "--out-dir", tmp_path)
+    assert r.code == 0, r.stderr
+    folder = Path(r.stdout.strip())
+    assert folder.is_dir() and sorted(p.name for p in folder.iterdir()) == [f"{i:04d}.png" for i in range(4)]
+    for p in folder.iterdir():
+        with Image.open(p) as image:
+            assert image.size == (64, 64)
+
+    before = store_state(home)
+    assert_error(cli("edit", "slide", "a blue car", *EDIT, "--frames", "3", "--out-dir", tmp_path / "no"), 2,
+                 "--frames 3", "--no-inversion", "4 frames")
+    assert not (tmp_path / "no").exists() and store_state(home) == before
+
+    r = cli("edit", "slide", "a blue car", *EDIT, "--no-inversion", "--frames", "3", "--out-dir", tmp_path / "three")
+    assert r.code == 0, r.stderr
+    assert_video(Path(r.stdout.strip()), 3)
+
+    def png_frames(*args: str) -> np.ndarray:
+        r = cli("edit", "slide", "a blue car", *EDIT, "--no-inversion", "--format", "png", *args,
+                "--out-dir", tmp_path / "seeded")
+        assert r.code == 0, r.stderr
+        return png_folder_frames(Path(r.stdout.strip()))
+
+    # Without inversion the start is seeded noise: the same seed gives the same frames, another seed others.
+    seeded = png_frames("--seed", "3")
+    assert seeded.shape == (4, 64, 64, 3)
+    assert np.array_equal(seeded, png_frames("--seed", "3"))
+    assert not np.array_equal(seeded, png_frames("--seed", "4"))
+
+
+def test_rm_two_refs_and_all_or_nothing(cli, home, source_mp4, tiny_base_dir):
+    r = cli("tune", source_mp4, "a second caption", "--name", "second", "--base", tiny_base_dir, *TUNE, "-q")
+    assert r.code == 0, r.stderr
+    second = r.stdout.strip()
+    first = next(a.short_id for a in Store(home).list() if a.name == "slide")
+
+    before = store_state(home)  # one unknown ref: nothing is removed
+    assert_error(cli("rm", "slide", "nosuch"), 3, "nosuch")
+    assert store_state(home) == before
+
+    r = cli("rm", "slide", second)
+    assert (r.code, r.stdout.splitlines()) == (0, [first, second])
+    assert Store(home).list() == [] and tmp_leftovers(home) == []
+    assert json.loads(cli("store", "--json").stdout)["artifacts"] == 0
+
+
+def test_export_peft(cli, home, tmp_path):
+    r = cli("export", "slide", tmp_path / "peft", "--format", "peft")
+    assert (r.code, r.stdout.strip()) == (0, str(tmp_path / "peft"))
+    assert sorted(p.name for p in (tmp_path / "peft").iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert_error(cli("export", "slide", tmp_path / "peft", "--format", "peft"), 2, "exists", "--force")
+
+
+# --- bad input: exit code, one error line, nothing on stdout, the store as it was --------------------------------
+
+
+@pytest.fixture
+def bad_inputs(tmp_path) -> Path:
+    d = tmp_path / "bad"
+    d.mkdir()
+    make_mp4(d / "five.mp4", n=5)
+    (d / "notes.mp4").write_text("this is not a video\n")
+    (d / "empty.mp4").write_bytes(b"")
+    whole = make_mp4(d / "whole.mp4").read_bytes()
+    (d / "head.mp4").write_bytes(whole[: len(whole) // 2])  # index at the end: cut off
+    faststart = make_mp4(d / "faststart.mp4", n=12, movflags="faststart").read_bytes()
+    (d / "truncated.mp4").write_bytes(faststart[: int(len(faststart) * 0.6)])  # index first: opens, then fails
+    return d
+
+
+TUNE_BAD_INPUTS = {
+    # id: (file, extra args, exit code, words the message must hold[, progress lines may come first])
+    "missing file": ("missing.mp4", (), 2, ("missing.mp4", "not found")),
+    "not a video": ("notes.mp4", (), 2, ("notes.mp4", "not a readable video")),
+    "empty video": ("empty.mp4", (), 2, ("empty.mp4", "not a readable video")),
+    "truncated video (index at the end)": ("head.mp4", (), 2, ("head.mp4", "truncated")),
+    "fewer frames than --frames": ("five.mp4", ("--frames", "8"), 2, ("has 5 frames", "--frames 5")),
+    "size not a multiple of 8": ("five.mp4", ("--size", "60"), 2, ("60", "not a multiple of 8", "56 or 64")),
+    "width not a multiple of 8": ("five.mp4", ("--width", "68"), 2, ("width 68", "not a multiple of 8")),
+    "start past the end": ("five.mp4", ("--start", "9"), 2, ("has 5 frames", "--start 4")),
+    "unknown resize": ("five.mp4", ("--resize", "zoom"), 2, ("'zoom'", "crop")),
+    # checked only once the base is loaded, so a "tav: loading" progress line comes first
+    "unknown attention": ("five.mp4", ("--attention", "diagonal"), 2, ("'diagonal'", "sparse-causal"), True),
+    "unknown adapter": ("five.mp4", ("--adapter", "dora"), 2, ("'dora'", "full, lora")),
+    "LoRA rank 0": ("five.mp4", ("--adapter", "lora", "--rank", "0"), 2, ("rank", "at least 1")),
+    "negative steps": ("five.mp4", ("--steps", "-1"), 2, ("--steps", "-1")),
+    "name taken": ("five.mp4", ("--name", "slide"), 2, ("slide", "taken")),
+    "name like an id": ("five.mp4", ("--name", "beef"), 2, ("beef", "looks like an artifact id")),
+}
+
+
+@pytest.mark.parametrize("case", TUNE_BAD_INPUTS.values(), ids=TUNE_BAD_INPUTS.keys())
+def test_tune_bad_input(cli, home, bad_inputs, tiny_base_dir, case):
+    name, extra, code, words, *progress = case
+    before = store_state(home)
+    r = cli("tune", bad_inputs / name, PROMPT, "--base", tiny_base_dir, "--frames", "4", "--size", "64",
+            "--steps", "2", *extra)
+    assert_error(r, code, *words, progress=bool(progress))
+    assert store_state(home) == before and tmp_leftovers(home) == []
+
+
+def test_truncated_video_subprocess(home, bad_inputs, tiny_base_dir):
+    """A faststart mp4 cut short opens, then fails to decode: still one error line, even with FFmpeg's logs."""
+    before = store_state(home)
+    r = run_subprocess(home, "tune", bad_inputs / "truncated.mp4", PROMPT, "--base", tiny_base_dir, *TUNE, "-q")
+    assert_error(r, 2, "truncated.mp4", "truncated")
+    assert store_state(home) == before and tmp_leftovers(home) == []
+
+
+@pytest.mark.parametrize("prompt", ["", "   "], ids=["empty", "blank"])
+def test_empty_prompt(cli, home, source_mp4, tiny_base_dir, tmp_path, prompt):
+    before = store_state(home)
+    assert_error(cli("tune", source_mp4, prompt, "--base", tiny_base_dir, *TUNE), 2, "prompt is empty")
+    assert_error(cli("edit", "slide", prompt, *EDIT, "--out-dir", tmp_path / "o"), 2, "prompt is empty")
+    assert_error(cli("edit", "slide", *EDIT, "--out-dir", tmp_path / "o"), 2, "no prompt given")
+    assert_error(cli("edit", "slide", "--prompts-file", "-", *EDIT, "--out-dir", tmp_path / "o", input="\n \n"),
+                 2, "no prompt given")
+    assert not (tmp_path / "o").exists()
+    assert store_state(home) == before and tmp_leftovers(home) == []
+
+
+EDIT_BAD_OPTIONS = {
+    # id: (args after REF, words the message must hold); all exit 2
+    "-o with two prompts": (("a", "b", "-o", "{out}/x.mp4"), ("-o", "several prompts")),
+    "unknown format": (("a", "--format", "avi"), ("'avi'", "mp4")),
+    "fps 0": (("a", "--fps", "0"), ("--fps",)),
+    "frames 0": (("a", "--no-inversion", "--frames", "0"), ("--frames", "at least 1")),
+    "grid with other frames": (("a", "--no-inversion", "--frames", "3", "--grid"), ("--grid",)),
+    "steps 0": (("a", "--steps", "0"), ("--steps",)),
+    "negative steps": (("a", "--steps", "-3"), ("--steps",)),
+}
+
+
+@pytest.mark.parametrize("case", EDIT_BAD_OPTIONS.values(), ids=EDIT_BAD_OPTIONS.keys())
+def test_edit_bad_options(cli, home, tmp_path, case):
+    args, words = case
+    out = tmp_path / "out"
+    before = store_state(home)
+    assert_error(cli("edit", "slide", *EDIT, "--out-dir", out, *(a.format(out=out) for a in args)), 2, *words)
+    assert not out.exists()  # nothing written, not even a placeholder
+    assert store_state(home) == before and tmp_leftovers(home) == []
+
+
+@pytest.mark.parametrize("command", [("show", "{}"), ("edit", "{}", "a blue car"), ("export", "{}", "x.tav"),
+                                     ("rm", "{}")], ids=lambda c: c[0])
+def test_unknown_ref(cli, home, tmp_path, monkeypatch, command):
+    monkeypatch.chdir(tmp_path)
+    before = store_state(home)
+    for ref, words in (("nosuch", ("'nosuch'", "tav list")), ("0000ffff", ("'0000ffff'",)),
+                       ("abc", ("'abc'", "too short", "at least 4"))):
+        assert_error(cli(*(part.format(ref) for part in command)), 3, *words)
+    assert list(tmp_path.iterdir()) == [home]  # no output, no export
+    assert store_state(home) == before and tmp_leftovers(home) == []
+
+
+def _crafted_manifest(i: int) -> dict:
+    """Just the fields `tav list` reads; no files (the store hashes what is staged: nothing)."""
+    return {"name": None, "prompt": f"crafted {i}", "source": {"path": "/nowhere/clip.mp4"},
+            "video": {"frames": 4, "width": 64, "height": 64}, "base": {"name": "tiny"}, "adapter": {"kind": "full"}}
+
+
+def test_ambiguous_ref(cli, home, tmp_path, monkeypatch):
+    """Two artifacts whose ids share 4 hex digits: found in memory (birthday odds: ~300 tries), then stored."""
+    seen: dict[str, int] = {}
+    for i in range(100_000):
+        content = json.loads(_canonical(_crafted_manifest(i))) | {"schema": SCHEMA, "files": {}}
+        prefix = _content_id(content)[:4]
+        if prefix in seen:
+            pair = (seen[prefix], i)
+            break
+        seen[prefix] = i
+    store = Store(home)
+    crafted = []
+    for i in pair:
+        with store.staging() as stage:
+            crafted.append(store.commit(stage, _crafted_manifest(i)))
+    assert crafted[0].id[:4] == crafted[1].id[:4] == prefix and crafted[0].id != crafted[1].id
+
+    monkeypatch.chdir(tmp_path)
+    before = store_state(home)
+    for command in (("show", prefix), ("edit", prefix, "a blue car"), ("export", prefix, "x.tav"), ("rm", prefix)):
+        assert_error(cli(*command), 2, f"'{prefix}'", "2 artifacts", crafted[0].short_id, crafted[1].short_id)
+    assert store_state(home) == before and tmp_leftovers(home) == []
+    assert list(tmp_path.iterdir()) == [home]
+    r = cli("show", crafted[1].short_id, "--json")  # more characters pick one
+    assert r.code == 0 and json.loads(r.stdout)["id"] == crafted[1].id
+
+
+def _tamper_adapter(home: Path) -> str:
+    path = only_artifact(home).path / "adapter" / "adapter_model.safetensors"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    return "adapter/adapter_model.safetensors"
+
+
+def _tamper_manifest(home: Path) -> str:
+    path = only_artifact(home).path / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["prompt"] = "something else"
+    path.write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    return "does not match its id"
+
+
+def _delete_inversion(home: Path) -> str:
+    (only_artifact(home).path / "inversion.safetensors").unlink()
+    return "inversion.safetensors"
+
+
+@pytest.mark.parametrize("tamper", [_tamper_adapter, _tamper_manifest, _delete_inversion],
+                         ids=["flipped adapter byte", "edited manifest", "deleted file"])
+def test_corrupt_store_entry(cli, home, tmp_path, tamper):
+    words = tamper(home)
+    before = store_state(home)
+    out = tmp_path / "out"
+    out.mkdir()
+    assert_error(cli("edit", "slide", "a blue car", *EDIT, "--out-dir", out), 1, words, "tav rm")
+    assert_error(cli("export", "slide", out / "slide.tav"), 1, words)
+    assert_error(cli("export", "slide", out / "peft", "--format", "peft"), 1, words)
+    assert list(out.iterdir()) == []  # no video, no export, no partial file
+    assert store_state(home) == before and tmp_leftovers(home) == []
+
+
+def test_export_target_exists(cli, home, tmp_path):
+    target = tmp_path / "slide.tav"
+    target.write_bytes(b"keep me")
+    before = store_state(home)
+    assert_error(cli("export", "slide", target), 2, str(target), "exists", "--force")
+    assert target.read_bytes() == b"keep me" and sorted(tmp_path.iterdir()) == sorted([home, target])
+    assert store_state(home) == before
+    r = cli("export", "slide", target, "--force")
+    assert r.code == 0 and zipfile.is_zipfile(target)
+
+
+def _zip(path: Path, members: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), data)
+    return path
+
+
+def _escaping_export(path: Path, rel: str) -> Path:
+    """An export whose manifest and member would put a file at `rel` (outside the staging dir); its id is right."""
+    payload = b"pwned\n"
+    manifest = {"prompt": "x", "schema": SCHEMA,
+                "files": {rel: {"sha256": hashlib.sha256(payload).hexdigest(), "bytes": len(payload)}}}
+    manifest["id"] = _content_id(manifest)
+    manifest["created"] = "2024-01-01T00:00:00.000000Z"
+    return _zip(path, {"manifest.json": json.dumps(manifest).encode(), f"files/{rel}": payload})
+
+
+@pytest.fixture
+def bad_exports(home, tmp_path) -> Path:
+    d = tmp_path / "exports"
+    d.mkdir()
+    (d / "notes.tav").write_text("not a zip\n")
+    (d / "empty.tav").write_bytes(b"")
+    _zip(d / "nomanifest.tav", {"files/a.txt": b"a"})
+    _escaping_export(d / "dotdot.tav", "../../escape.txt")
+    _escaping_export(d / "absolute.tav", "/tmp/escape.txt")
+    # A sound export with one member's bytes altered (same length): caught by its sha256 while extracting.
+    good = Store(home).export(only_artifact(home), d / "good.tav")
+    with zipfile.ZipFile(good) as zf:
+        members = {i.filename: zf.read(i) for i in zf.infolist()}
+    data = bytearray(members["files/adapter/adapter_model.safetensors"])
+    data[len(data) // 2] ^= 0xFF
+    members["files/adapter/adapter_model.safetensors"] = bytes(data)
+    _zip(d / "altered.tav", members)
+    return d
+
+
+BAD_IMPORTS = {
+    "missing file": ("missing.tav", 2, ("missing.tav", "not found")),
+    "not a zip": ("notes.tav", 2, ("notes.tav", "not a tav export")),
+    "empty file": ("empty.tav", 2, ("empty.tav", "not a tav export")),
+    "zip without manifest": ("nomanifest.tav", 2, ("not a tav export", "no manifest.json")),
+    "member with ..": ("dotdot.tav", 2, ("not a tav export", "unsafe", "../../escape.txt")),
+    "absolute member": ("absolute.tav", 2, ("not a tav export", "unsafe", "/tmp/escape.txt")),
+    "altered member": ("altered.tav", 1, ("adapter/adapter_model.safetensors", "sha256")),
+}
+
+
+@pytest.mark.parametrize("case", BAD_IMPORTS.values(), ids=BAD_IMPORTS.keys())
+def test_import_bad_file(cli, home, bad_exports, case):
+    name, code, words = case
+    Store(home).remove(only_artifact(home))  # so that a successful import would show
+    before = store_state(home)
+    assert_error(cli("import", bad_exports / name), code, *words)
+    assert store_state(home) == before and tmp_leftovers(home) == []
+    assert not any(p.name == "escape.txt" for p in home.parent.rglob("*"))
+    assert not Path("/tmp/escape.txt").exists() or Path("/tmp/escape.txt").read_bytes() != b"pwned\n"
+
+
+def test_base_model_not_found_offline(home, tmp_path, source_mp4):
+    hf_home = tmp_path / "hf"
+    hf_home.mkdir()
+    before = store_state(home)
+    r = run_subprocess(home, "tune", source_mp4, PROMPT, "--base", "some-org/some-model", *TUNE,
+                       HF_HUB_OFFLINE="1", HF_HOME=str(hf_home))
+    line = assert_error(r, 2, "some-org/some-model", progress=True)
+    assert "HF_HUB_OFFLINE" in line and "hf download some-org/some-model" in line
+    assert store_state(home) == before and tmp_leftovers(home) == []
+
+
+# --- processes: a real Ctrl-C, and two edits at once ---------------------------------------------------------------
+
+
+def test_interrupted_tune_leaves_store_as_it_was(home, source_mp4, tiny_base_dir):
+    before = store_state(home)
+    p = subprocess.Popen([TAV, "tune", str(source_mp4), PROMPT, "--base", str(tiny_base_dir), "--frames", "4",
+                          "--size", "64", "--steps", "2000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, env=_subprocess_env(home))
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in p.stderr], daemon=True).start()
+    seen = []
+    try:
+        while not any(line.startswith("tav: tuning") for line in seen):
+            seen.append(lines.get(timeout=60))
+        p.send_signal(signal.SIGINT)
+        p.wait(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    stdout = p.stdout.read()
+    p.stdout.close()
+    while True:
+        try:
+            seen.append(lines.get(timeout=5))
+        except queue.Empty:
+            break
+    stderr = "".join(seen)
+    assert p.returncode == 130, stderr
+    assert stdout == "" and "Traceback" not in stderr
+    assert stderr.splitlines()[-1] == "tav: interrupted; the store is as it was"
+    assert store_state(home) == before and tmp_leftovers(home) == []
+
+
+def test_two_concurrent_edits(home, tmp_path):
+    out = tmp_path / "out"
+    procs = [subprocess.Popen([TAV, "edit", "slide", "a blue car", *EDIT, "--out-dir", str(out)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_subprocess_env(home))
+             for _ in range(2)]
+    results = [(p.communicate(timeout=180), p.returncode) for p in procs]
+    for (stdout, stderr), code in results:
+        assert code == 0 and "Traceback" not in stderr, stderr
+    paths = [Path(stdout.strip()) for (stdout, _), _ in results]
+    assert paths[0] != paths[1]
+    assert {p.name for p in paths} == {"slide-a-blue-car.mp4", "slide-a-blue-car-1.mp4"}
+    for p in paths:
+        assert_video(p, 4)
+    r = _invoke("show", "slide", "--json", env={"TAV_HOME": str(home)})
+    edits = json.loads(r.stdout)["edits"]
+    assert sorted(e["output"] for e in edits) == sorted(str(p.resolve()) for p in paths)
+    assert tmp_leftovers(home) == []
