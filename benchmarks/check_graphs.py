@@ -31,7 +31,9 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=8)
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument("--cudnn-benchmark", action="store_true")
     args = ap.parse_args()
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
     tav = TuneAVideo.create(load_base(str(_base_folder(tiny=False)))).for_inference()
     if args.channels_last:
         tav.unet.to(memory_format=torch.channels_last)
@@ -39,7 +41,8 @@ def main() -> None:
     x = torch.randn(args.batch, args.frames, 4, 64, 64, device="cuda", generator=g)
     text = torch.randn(args.batch, 77, 768, device="cuda", generator=g)
     eager, graphed = Denoiser(tav.unet, cuda_graphs=False), Denoiser(tav.unet)
-    out = {"graphs_enabled": graphed.graphs, "batch": args.batch, "channels_last": args.channels_last}
+    out = {"graphs_enabled": graphed.graphs, "batch": args.batch, "channels_last": args.channels_last,
+           "cudnn_benchmark": args.cudnn_benchmark}
     with torch.no_grad():
         diffs = [(eager(x, t, text) - graphed(x, t, text)).abs().max().item() for t in (981, 501, 1)]
         out["max_abs_diff"] = max(diffs)

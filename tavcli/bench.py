@@ -111,6 +111,9 @@ def run(settings: BenchSettings, reporter: jobs.Reporter = jobs.Reporter()) -> d
         out["tune_steps_s"] = round(clock.span("tuning", "inverting"), 2)
         out["projected_300_steps_s"] = round(out["tune_ms_per_step"] * 300 / 1000, 1)
         out["inversion_s"] = round(clock.span("inverting", "saving"), 2)
+        inv = clock.steps.get("inverting", [])
+        out["inversion_ms_per_step"] = round(statistics.median(np.diff(inv)) * 1000, 1) if len(inv) > 2 else None
+        out["inversion_first_step_s"] = round(inv[0] - dict(clock.stages)["inverting"], 2) if inv else None
         out["save_s"] = round(clock.span("saving"), 2)
         if cuda:
             out["tune_peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
