@@ -53,7 +53,9 @@ def _stderr() -> Console:
 
 def _exit_code(error: BaseException) -> int:
     from .adapters import AdapterError, AdapterSpecError
+    from .configs import ConfigError
     from .jobs import JobError
+    from .metrics import MetricsError
     from .models import BaseModelError
     from .store import AmbiguousRefError, CorruptArtifactError, NotFoundError, StoreError
     from .video import VideoError
@@ -64,7 +66,8 @@ def _exit_code(error: BaseException) -> int:
         return EXIT_USAGE
     if isinstance(error, (CorruptArtifactError, AdapterError)):
         return EXIT_FAILURE
-    if isinstance(error, (AmbiguousRefError, StoreError, JobError, VideoError, BaseModelError, ValueError)):
+    if isinstance(error, (AmbiguousRefError, StoreError, JobError, VideoError, BaseModelError, MetricsError,
+                          ConfigError, ValueError)):
         return EXIT_USAGE
     return EXIT_FAILURE
 
@@ -175,57 +178,69 @@ def main(
 @app.command()
 @_errors
 def tune(
-    video: Path = typer.Argument(..., help="A video file, a GIF, or a folder of frames."),
-    prompt: str = typer.Argument(..., help="The clip's caption, e.g. \"a man is skiing\"."),
+    video: Path = typer.Argument(None, help="A video file, a GIF, or a folder of frames.", show_default=False),
+    prompt: str = typer.Argument(None, help="The clip's caption, e.g. \"a man is skiing\".", show_default=False),
+    config: Path = typer.Option(None, "--config", help="An official Tune-A-Video YAML config, or tav's own "
+                                "(docs/configs.md); flags override it. Its validation prompts run as edits."),
     name: str = typer.Option(None, "--name", help="A name to refer to the artifact by."),
     base: str = typer.Option(None, "--base", help="SD v1.x hub id or diffusers folder [default: CompVis/stable-diffusion-v1-4]."),
-    frames: int = typer.Option(8, "--frames", help="Frames to sample from the clip."),
-    size: int = typer.Option(512, "--size", help="Square size; --width/--height override it."),
+    frames: int = typer.Option(None, "--frames", help="Frames to sample from the clip [default: 8]."),
+    size: int = typer.Option(None, "--size", help="Square size; --width/--height override it [default: 512]."),
     width: int = typer.Option(None, "--width"),
     height: int = typer.Option(None, "--height"),
-    start: int = typer.Option(0, "--start", help="First frame index."),
+    start: int = typer.Option(None, "--start", help="First frame index [default: 0]."),
     stride: int = typer.Option(None, "--stride", help="Take every K-th frame instead of spreading over the clip."),
-    resize: str = typer.Option("crop", "--resize", help="crop (keep aspect, centre-crop) or squash."),
-    steps: int = typer.Option(300, "--steps", help="Tuning steps."),
-    lr: float = typer.Option(3e-5, "--lr", help="AdamW learning rate."),
-    adapter: str = typer.Option("full", "--adapter", help="full (paper-exact) or lora."),
-    rank: int = typer.Option(16, "--rank", help="LoRA rank (with --adapter lora)."),
-    attention: str = typer.Option("sparse-causal", "--attention", help="sparse-causal, first-frame, full or frame."),
-    seed: int = typer.Option(0, "--seed"),
+    resize: str = typer.Option(None, "--resize", help="crop (keep aspect, centre-crop) or squash [default: crop; "
+                               "official configs: squash]."),
+    steps: int = typer.Option(None, "--steps", help="Tuning steps [default: 300]."),
+    lr: float = typer.Option(None, "--lr", help="AdamW learning rate [default: 3e-5]."),
+    adapter: str = typer.Option(None, "--adapter", help="full (paper-exact) or lora [default: full]."),
+    rank: int = typer.Option(None, "--rank", help="LoRA rank (with --adapter lora) [default: 16]."),
+    attention: str = typer.Option(None, "--attention", help="sparse-causal, first-frame, full or frame "
+                                  "[default: sparse-causal]."),
+    seed: int = typer.Option(None, "--seed", help="[default: 0]"),
     low_memory: bool = typer.Option(False, "--low-memory",
                                     help="Gradient checkpointing: slower steps, far less GPU memory "
                                          "(chosen by itself when the clip would not fit)."),
-    device: str = typer.Option("auto", "--device", help="auto, cuda or cpu."),
-    dtype: str = typer.Option("auto", "--dtype", help="auto, bf16, fp16 or fp32 (frozen weights)."),
+    device: str = typer.Option(None, "--device", help="auto, cuda or cpu [default: auto]."),
+    dtype: str = typer.Option(None, "--dtype", help="auto, bf16, fp16 or fp32 (frozen weights) [default: auto]."),
+    out_dir: Path = typer.Option(Path("."), "--out-dir", help="Where a config's validation edits go."),
     as_json: bool = typer.Option(False, "--json", help="Print the artifact as one JSON object."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="Only the id on stdout, nothing on stderr."),
 ) -> None:
     """Tune on one clip; store the adapter and the clip's inversion; print the artifact's id."""
-    from .adapters import AdapterSpec
-    from .jobs import TuneJob
+    from .configs import LoadedConfig, apply_overrides, load_config
+    from .jobs import EditJob, JobError, TuneJob
+    from .jobs import edit as run_edit
     from .jobs import tune as run_tune
-    from .models import DEFAULT_BASE
-    from .tuning import TuneSettings
-    from .video import FrameSampling
 
-    job = TuneJob(
-        video=video, prompt=prompt, name=name, base=base or DEFAULT_BASE,
-        sampling=FrameSampling(frames=frames, start=start, stride=stride),
-        width=width or size, height=height or size, resize=resize,
-        adapter=AdapterSpec(kind=adapter, rank=rank, temporal_seed=seed), attention=attention,
-        settings=TuneSettings(steps=steps, lr=lr, seed=seed, gradient_checkpointing=True if low_memory else None),
-        device=device, dtype=dtype,
-    )
+    if config is None and (video is None or prompt is None):
+        raise JobError("give VIDEO and PROMPT (e.g. tav tune clip.mp4 \"a man is skiing\"), or --config FILE.yaml")
+    loaded = load_config(config) if config else LoadedConfig(TuneJob(video, prompt), [], [], "cli")
+    if size is not None:
+        width, height = width or size, height or size
+    loaded = apply_overrides(
+        loaded, video=video, prompt=prompt, name=name, base=base, frames=frames, width=width, height=height,
+        start=start, stride=stride, resize=resize, steps=steps, lr=lr, adapter=adapter, rank=rank,
+        attention=attention, seed=seed, device=device, dtype=dtype, low_memory=True if low_memory else None)
     store = _store()
+    outputs = []
     with _Progress(quiet) as progress:
-        artifact = run_tune(job, store, progress)
+        for warning in loaded.warnings:
+            progress.log(f"warning: {warning}")
+        artifact = run_tune(loaded.tune, store, progress)
         loss = artifact.manifest["loss"]
         progress.log(f"stored {artifact.short_id}" + (f" ({artifact.name})" if artifact.name else "")
                      + (f"; loss {loss[0]:.4f} -> {loss[-1]:.4f}" if loss else ""))
+        for job in loaded.edits:
+            job = EditJob(**{**job.__dict__, "ref": artifact.id, "out_dir": out_dir})
+            outputs += [r.path for r in run_edit(job, store, progress)]
     if as_json:
-        _stdout().print_json(json.dumps(_artifact_summary(artifact)))
+        _stdout().print_json(json.dumps(_artifact_summary(artifact) | {"edit_outputs": [str(p) for p in outputs]}))
     else:
         typer.echo(artifact.short_id)
+        for path in outputs:
+            typer.echo(str(path))
 
 
 def _read_prompts(prompts: list[str] | None, prompts_file: str | None) -> list[str]:
@@ -259,12 +274,15 @@ def edit(
     fps: float = typer.Option(8.0, "--fps", help="Output frame rate (the official samples' 8 by default)."),
     base: str = typer.Option(None, "--base", help="Base model [default: the one tuned on]."),
     force: bool = typer.Option(False, "--force", help="Use --base even if it is not the one tuned on."),
+    score: bool = typer.Option(False, "--score", help="Also print and record CLIP score and frame consistency."),
+    clip: str = typer.Option("openai/clip-vit-large-patch14", "--clip", help="CLIP model for --score."),
     device: str = typer.Option("auto", "--device"),
     dtype: str = typer.Option("auto", "--dtype"),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="Nothing on stderr."),
 ) -> None:
-    """Edit the tuned clip with new prompts; print each written path."""
+    """Edit the tuned clip with new prompts; print each written path (with --score: path, CLIP score,
+    frame consistency, tab-separated)."""
     from .ddim import EditSettings
     from .jobs import EditJob
     from .jobs import edit as run_edit
@@ -274,18 +292,43 @@ def edit(
         settings=EditSettings(steps=steps, guidance=guidance, negative_prompt=negative, seed=seed,
                               inversion=not no_inversion),
         output=output, out_dir=out_dir, format=fmt, frames=frames, grid=grid, fps=fps, base=base, force=force,
-        device=device, dtype=dtype,
+        device=device, dtype=dtype, score=score, clip=clip,
     )
     store = _store()
     with _Progress(quiet) as progress:
-        paths = run_edit(job, store, progress)
+        results = run_edit(job, store, progress)
     if as_json:
         artifact = store.resolve(ref)
         _stdout().print_json(json.dumps({"artifact": artifact.short_id, "outputs": [
-            {"prompt": p, "path": str(path)} for p, path in zip(job.prompts, paths)]}))
+            {"prompt": r.prompt, "path": str(r.path)} | (r.scores or {}) for r in results]}))
     else:
-        for path in paths:
-            typer.echo(str(path))
+        for r in results:
+            typer.echo("\t".join([str(r.path)] + [f"{v:.2f}" for v in (r.scores or {}).values()]))
+
+
+@app.command()
+@_errors
+def score(
+    target: str = typer.Argument(..., help="A video (file or frames folder), or an artifact ref: its edits."),
+    prompt: str = typer.Option(None, "--prompt", help="The text the video should match [ref: each edit's prompt]."),
+    clip: str = typer.Option("openai/clip-vit-large-patch14", "--clip", help="CLIP model id or folder."),
+    device: str = typer.Option("auto", "--device"),
+    as_json: bool = typer.Option(False, "--json", help="One JSON array."),
+) -> None:
+    """The paper's metrics: CLIP score (text alignment) and frame consistency, both x100.
+
+    Prints one line per video: path, CLIP score, frame consistency (tab-separated).
+    """
+    from .jobs import ScoreJob
+    from .jobs import score as run_score
+
+    with _Progress(quiet=False) as progress:
+        rows = run_score(ScoreJob(target, prompt, clip, device), _store(), progress)
+    if as_json:
+        _stdout().print_json(json.dumps(rows))
+    else:
+        for r in rows:
+            typer.echo(f"{r['video']}\t{r['clip_score']:.2f}\t{r['frame_consistency']:.2f}")
 
 
 @app.command("list")

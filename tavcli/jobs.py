@@ -20,6 +20,7 @@ from . import __version__
 from .adapters import AdapterSpec
 from .attention import key_frames
 from .ddim import EditSettings
+from .metrics import DEFAULT_CLIP
 from .models import DEFAULT_BASE, fingerprint
 from .store import Artifact, Store
 from .tuning import TuneSettings
@@ -75,6 +76,23 @@ class EditJob:
     force: bool = False  # a base that differs from the tuned-on one
     device: str = "auto"
     dtype: str = "auto"
+    score: bool = False  # CLIP score and frame consistency of each edit, recorded with it
+    clip: str = DEFAULT_CLIP
+
+
+@dataclass
+class EditResult:
+    path: Path
+    prompt: str
+    scores: dict[str, float] | None = None
+
+
+@dataclass
+class ScoreJob:
+    target: str  # a video file, a frames folder, or an artifact ref (then: its recorded edits)
+    prompt: str | None = None  # default for a ref: each edit's own prompt
+    clip: str = DEFAULT_CLIP
+    device: str = "auto"
 
 
 def _sha256(path: Path) -> str:
@@ -204,8 +222,8 @@ def check_edit(job: EditJob, artifact: Artifact) -> None:
         raise JobError(f"--grid puts the {tuned_frames}-frame source beside the edit; drop --grid or --frames")
 
 
-def edit(job: EditJob, store: Store, reporter: Reporter = Reporter()) -> list[Path]:
-    """Generate one video per prompt with a stored artifact; returns the written paths."""
+def edit(job: EditJob, store: Store, reporter: Reporter = Reporter()) -> list[EditResult]:
+    """Generate one video per prompt with a stored artifact; returns what was written (and its scores)."""
     from safetensors.torch import load_file
 
     from .models import load_base
@@ -222,17 +240,19 @@ def edit(job: EditJob, store: Store, reporter: Reporter = Reporter()) -> list[Pa
         raise JobError(f"{base_name} is not the base {artifact.short_id} was tuned on ({m['base']['name']}); "
                        "pass that base, or --force to use this one anyway")
     tav = TuneAVideo.from_adapter(base, artifact.file("adapter/adapter_config.json").parent)
+    scorer = _scorer(job.clip, base.device) if job.score else None
     noise = load_file(artifact.file("inversion.safetensors"))["latents"].to(base.device)
     frames = job.frames or m["video"]["frames"]
     fps = job.fps
     source = read_video(artifact.file("source.mp4"), FrameSampling(frames=m["video"]["frames"]),
                         m["video"]["width"], m["video"]["height"]).frames if job.grid else None
-    paths = []
+    results = []
     for prompt in job.prompts:
         started = time.perf_counter()
         reporter.stage(f"editing: {prompt}", job.settings.steps)
         video = tav.generate([prompt], job.settings, noise=noise, frames=frames, height=m["video"]["height"],
                              width=m["video"]["width"], callback=reporter.step)[0]
+        scores = scorer.score(video, prompt) if scorer else None  # the edit alone, not the grid
         if source is not None:
             video = np.concatenate([source, video], axis=2)  # source left, edit right
         suffix = "" if job.format == "png" else f".{job.format}"
@@ -246,6 +266,44 @@ def edit(job: EditJob, store: Store, reporter: Reporter = Reporter()) -> list[Pa
         seconds = round(time.perf_counter() - started, 2)
         store.append_edit(artifact, asdict(job.settings) | {
             "prompt": prompt, "frames": frames, "grid": job.grid, "format": job.format, "output": str(path.resolve()),
-            "seconds": seconds, "created": datetime.now(timezone.utc).isoformat(timespec="seconds")})
-        paths.append(path)
-    return paths
+            "seconds": seconds, "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            | ({"scores": scores} if scores else {}))
+        results.append(EditResult(path, prompt, scores))
+    return results
+
+
+def _scorer(name: str, device):
+    from .metrics import Scorer
+
+    return Scorer.load(name, device)
+
+
+def _all_frames(path: Path) -> np.ndarray:
+    """Every frame of a video, at CLIP's input size (its own resize and centre crop, done once here)."""
+    total = read_video(path, FrameSampling(frames=1), 224, 224).source_frames
+    return read_video(path, FrameSampling(frames=total), 224, 224).frames
+
+
+def score(job: ScoreJob, store: Store, reporter: Reporter = Reporter()) -> list[dict]:
+    """The paper's two CLIP metrics for a video, or for every recorded edit of an artifact."""
+    path = Path(job.target)
+    if path.exists():
+        if not (job.prompt or "").strip():
+            raise JobError("scoring a video needs --prompt TEXT, the prompt it should match")
+        targets = [(path, job.prompt)]
+    else:
+        artifact = store.resolve(job.target)
+        targets = [(Path(e["output"]), job.prompt or e["prompt"]) for e in artifact.edits()
+                   if Path(e["output"]).exists()]
+        if not targets:
+            raise JobError(f"{artifact.short_id} has no edit videos on disk to score; run `tav edit` first, "
+                           "or give a video file")
+    from .models import resolve_device
+
+    reporter.stage(f"loading {job.clip}")
+    scorer = _scorer(job.clip, resolve_device(job.device))
+    rows = []
+    for video, prompt in targets:
+        reporter.stage(f"scoring {video}")
+        rows.append({"video": str(video), "prompt": prompt, **scorer.score(_all_frames(video), prompt)})
+    return rows

@@ -303,3 +303,28 @@ def save_random_base(
     # tokenizer classes can load the folder too.
     write_tokenizer_files(path / "tokenizer")
     return path
+
+
+def save_random_clip(path: str | Path, image_size: int = 32, seed: int = 0) -> Path:
+    """A tiny random CLIP folder (model, tokenizer, image processor) for testing `tav score` offline."""
+    import transformers
+    from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig
+
+    tokenizer = build_tokenizer()
+    tower = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, projection_dim=16)
+    text = CLIPTextConfig(
+        **tower, vocab_size=len(tokenizer), max_position_embeddings=77,
+        # the text tower pools at the EOS id, which must be the tiny tokenizer's, not CLIP's 49407
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    vision = CLIPVisionConfig(**tower, image_size=image_size, patch_size=8)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = CLIPModel(CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=16))
+    path = Path(path)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    processor = getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor
+    processor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+              ).save_pretrained(path)
+    return path

@@ -727,3 +727,86 @@ def test_two_concurrent_edits(home, tmp_path):
     edits = json.loads(r.stdout)["edits"]
     assert sorted(e["output"] for e in edits) == sorted(str(p.resolve()) for p in paths)
     assert tmp_leftovers(home) == []
+
+
+# --- official configs and the paper's metrics ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory) -> Path:
+    from tavcli.random_base import save_random_clip
+
+    return save_random_clip(tmp_path_factory.mktemp("clip") / "tiny-clip")
+
+
+def test_tune_with_an_official_config_runs_its_validation_edits(cli, empty_home, tmp_path, source_mp4, tiny_base_dir):
+    (tmp_path / "data").mkdir()
+    shutil.copy(source_mp4, tmp_path / "data" / "clip.mp4")
+    config = tmp_path / "configs" / "clip.yaml"
+    config.parent.mkdir()
+    config.write_text(f"""pretrained_model_path: "{tiny_base_dir}"
+output_dir: "./outputs/clip"
+train_data:
+  video_path: "../data/clip.mp4"
+  prompt: "{PROMPT}"
+  n_sample_frames: 4
+  width: 64
+  height: 64
+  sample_start_idx: 0
+  sample_frame_rate: 2
+validation_data:
+  prompts: ["a blue square slides right", "a green square"]
+  video_length: 4
+  num_inference_steps: 2
+  guidance_scale: 12.5
+  use_inv_latent: True
+  num_inv_steps: 50
+learning_rate: 3e-5
+max_train_steps: 500
+trainable_modules: ["attn1.to_q", "attn2.to_q", "attn_temp"]
+seed: 33
+mixed_precision: "no"
+gradient_checkpointing: False
+""")
+    r = cli("tune", "--config", config, "--steps", "2", "--out-dir", tmp_path / "out")  # a flag overrides the file
+    assert r.code == 0, r.stderr
+    lines = r.stdout.split()
+    assert SHORT_ID.fullmatch(lines[0]) and len(lines) == 3
+    assert "warning: ignored keys that do not apply to tav: output_dir" in r.stderr
+    for path in lines[1:]:
+        assert_video(Path(path), 4)
+    m = only_artifact(empty_home).manifest
+    assert m["tuning"]["steps"] == 2 and m["tuning"]["seed"] == 33 and len(m["loss"]) == 2
+    assert m["source"]["indices"] == [0, 2, 4, 6] and m["video"]["resize"] == "squash"
+    assert [e["prompt"] for e in only_artifact(empty_home).edits()] == ["a blue square slides right", "a green square"]
+
+
+def test_malformed_config_is_one_line_with_its_line_number(cli, empty_home, tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text("train_data:\n  video_path: a.mp4\n  prompt: [unclosed\n")
+    assert_error(cli("tune", "--config", config), 2, "bad.yaml", "line")
+    assert_error(cli("tune"), 2, "--config")
+
+
+def test_score_a_video_and_an_artifacts_edits(cli, home, tmp_path, clip_dir):
+    from tavcli.metrics import Scorer
+
+    r = cli("edit", "slide", "a blue square", *EDIT, "--out-dir", tmp_path, "--score", "--clip", clip_dir)
+    assert r.code == 0, r.stderr
+    path, clip_score, consistency = r.stdout.strip().split("\t")
+    want = Scorer.load(str(clip_dir)).score(mp4_frames(Path(path)), "a blue square")
+    # the printed scores are of the generated frames; reading the mp4 back adds only codec error
+    assert abs(float(clip_score) - want["clip_score"]) < 1.0
+    assert abs(float(consistency) - want["frame_consistency"]) < 1.0
+    recorded = only_artifact(home).edits()[-1]["scores"]
+    assert set(recorded) == {"clip_score", "frame_consistency"}
+
+    r = cli("score", path, "--prompt", "a blue square", "--clip", clip_dir, "--json")
+    assert r.code == 0, r.stderr
+    (row,) = json.loads(r.stdout)
+    assert row["clip_score"] == pytest.approx(want["clip_score"], abs=0.5)
+    assert row["frame_consistency"] == pytest.approx(want["frame_consistency"], abs=0.5)
+    r = cli("score", "slide", "--clip", clip_dir)  # a ref: every recorded edit, with its own prompt
+    assert r.code == 0 and r.stdout.count("\n") == 1 and r.stdout.startswith(str(Path(path).resolve()))
+    assert_error(cli("score", path, "--clip", clip_dir), 2, "--prompt")
+    assert_error(cli("score", path, "--prompt", "x", "--clip", tmp_path / "no-clip"), 2, "no-clip", progress=True)
