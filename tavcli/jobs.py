@@ -139,7 +139,7 @@ def tune(job: TuneJob, store: Store, reporter: Reporter = Reporter()) -> Artifac
     clip = read_video(job.video, job.sampling, job.width, job.height, job.resize)
     reporter.stage(f"loading {job.base}")
     base = load_base(job.base, job.device, job.dtype)
-    identity = fingerprint(job.base, base.revision)
+    identity = fingerprint(base.folder)
     tav = TuneAVideo.create(base, job.adapter, attention=job.attention)
     started = time.perf_counter()
     reporter.stage("tuning", job.settings.steps)
@@ -236,7 +236,7 @@ def edit(job: EditJob, store: Store, reporter: Reporter = Reporter()) -> list[Ed
     base_name = job.base or m["base"]["name"]
     reporter.stage(f"loading {base_name}")
     base = load_base(base_name, job.device, job.dtype)
-    if not job.force and fingerprint(base_name, base.revision) != m["base"]["fingerprint"]:
+    if not job.force and fingerprint(base.folder) != m["base"]["fingerprint"]:
         raise JobError(f"{base_name} is not the base {artifact.short_id} was tuned on ({m['base']['name']}); "
                        "pass that base, or --force to use this one anyway")
     tav = TuneAVideo.from_adapter(base, artifact.file("adapter/adapter_config.json").parent)

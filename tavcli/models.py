@@ -31,6 +31,7 @@ class Base:
     scheduler_config: dict
     name: str  # hub id or folder as given
     revision: str | None  # hub commit, when loaded from the hub
+    folder: Path  # where the weights are (the HF cache snapshot for a hub id)
     device: torch.device
     dtype: torch.dtype  # of the frozen weights
 
@@ -120,7 +121,7 @@ def load_base(
         raise BaseModelError(f"could not load the base model from {folder}: {e}") from e
     for m in (unet, vae, text_encoder):
         m.requires_grad_(False).eval().to(dev)
-    return Base(unet, vae, text_encoder, tokenizer, scheduler_config, name, rev, dev, dt)
+    return Base(unet, vae, text_encoder, tokenizer, scheduler_config, name, rev, folder, dev, dt)
 
 
 def _read_json(path: Path) -> dict:
@@ -161,7 +162,7 @@ def decode_latents(base: Base, latents: torch.Tensor) -> np.ndarray:
     return x.permute(0, 2, 3, 1).unflatten(0, (b, f)).cpu().numpy()
 
 
-def fingerprint(name: str, revision: str | None = None) -> str:
+def fingerprint(folder: str | Path) -> str:
     """A cheap identity of a base's weights: configs, weight file sizes and their first and last MiB.
 
     Hashing whole multi-GB files would cost seconds per edit; this still tells two different models (or a
@@ -169,7 +170,7 @@ def fingerprint(name: str, revision: str | None = None) -> str:
     """
     import hashlib
 
-    folder, _ = locate_base(name, revision)
+    folder = Path(folder)
     h = hashlib.sha256()
     for path in sorted(p for c in ("unet", "vae", "text_encoder") for p in (folder / c).iterdir() if p.is_file()):
         h.update(f"{path.parent.name}/{path.name}:{path.stat().st_size}\n".encode())
