@@ -19,7 +19,8 @@ def test_tiny_bench_times_the_jobs_users_run(tmp_path, monkeypatch):
     assert calls == ["tune", "edit", "edit"]  # the same code path as `tav tune` and `tav edit`
     assert out["device"] == "cpu" and out["settings"]["steps"] == 6
     assert 0 < out["tune_ms_per_step"] < 10_000
-    assert out["projected_300_steps_s"] == round(out["tune_ms_per_step"] * 0.3, 1)
+    # both figures are rounded to 0.1, so the projection may differ from 0.3 × the shown median by 0.05
+    assert abs(out["projected_300_steps_s"] - out["tune_ms_per_step"] * 0.3) <= 0.05 + 1e-9
     assert 0 < out["tune_steps_s"] < out["tune_total_s"]
     assert out["inversion_s"] > 0 and out["load_s"] > 0 and out["adapter_bytes"] > 10_000
     assert 0 < out["edit_warm_s"] <= out["edit_warm_total_s"]
