@@ -111,12 +111,23 @@ class FrameAttnProcessor:
 
 
 def _temporal_hook(ctx: ClipContext, block: BasicTransformerBlock, args, output: torch.Tensor) -> torch.Tensor:
-    """Runs after the block's feed-forward residual: attention over frames at each spatial position."""
-    f = ctx.frames
+    """Runs after the block's feed-forward residual: attention over frames at each spatial position.
+
+    LayerNorm and the projections act per token, so they run on the (B*F, N, C) layout as it comes; only
+    q, k and v are viewed frame-axis-last for the attention, and one copy brings the result back.
+    """
+    f, attn = ctx.frames, block.attn_temp
     bf, n, c = output.shape
-    x = output.view(bf // f, f, n, c).transpose(1, 2).reshape(-1, f, c)  # (B*N, F, C)
-    x = block.attn_temp(block.norm_temp(x)) + x
-    return x.view(bf // f, n, f, c).transpose(1, 2).reshape(bf, n, c)
+    b, heads = bf // f, attn.heads
+    x = block.norm_temp(output)
+
+    def frames_last(t: torch.Tensor) -> torch.Tensor:  # (B*F, N, C) -> (B, N*heads, F, d), a view
+        return t.view(b, f, n * heads, c // heads).transpose(1, 2)
+
+    out = F.scaled_dot_product_attention(frames_last(attn.to_q(x)), frames_last(attn.to_k(x)),
+                                         frames_last(attn.to_v(x)), scale=attn.scale)
+    out = out.transpose(1, 2).reshape(bf, n, c)
+    return attn.to_out[1](attn.to_out[0](out)) + output
 
 
 def _temporal_modules(dim: int, heads: int, upcast: bool) -> tuple[nn.LayerNorm, Attention]:
@@ -167,13 +178,11 @@ class ClipGroupNorm(nn.GroupNorm):
         if f == 1:
             return super().forward(x)
         bf, c, h, w = x.shape
-        g = self.num_groups
-        xs = x.float().view(bf // f, f, g, c // g, h * w)
-        var, mean = torch.var_mean(xs, dim=(1, 3, 4), unbiased=False, keepdim=True)
-        y = ((xs - mean) * torch.rsqrt(var + self.eps)).view(bf, c, h, w)
-        if self.affine:
-            y = y * self.weight.float()[:, None, None] + self.bias.float()[:, None, None]
-        return y.to(x.dtype)
+        # (B*F, C, H, W) viewed as (B, C, F, H*W): one fused group_norm pools a clip's frames per group, and
+        # autograd keeps only its input, not the fp32 intermediates an unfused version would save.
+        clip = x.view(bf // f, f, c, h * w).transpose(1, 2)
+        y = F.group_norm(clip, self.num_groups, self.weight, self.bias, self.eps)
+        return y.transpose(1, 2).reshape(bf, c, h, w)
 
 
 # --- the surgery -----------------------------------------------------------------------------------

@@ -13,7 +13,8 @@ from torch import nn
 DEFAULT_BASE = "CompVis/stable-diffusion-v1-4"
 LATENT_SCALE = 0.18215  # SD v1's VAE scaling factor (the paper's latents are 4 x H/8 x W/8)
 _COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
-_ENCODE_CHUNK = 8  # frames through the VAE at once: bounds its activation memory at 512x512
+_ENCODE_CHUNK = 8  # frames through the VAE encoder at once: bounds its activation memory at 512x512
+_DECODE_CHUNK = 2  # the decoder's 512x512x128 activations are the peak of an edit: fewer frames at once
 
 
 class BaseModelError(ValueError):
@@ -157,7 +158,7 @@ def decode_latents(base: Base, latents: torch.Tensor) -> np.ndarray:
     """uint8 frames (B, F, H, W, 3) from video latents (B, F, 4, h, w), a few frames at a time."""
     b, f = latents.shape[:2]
     images = [base.vae.decode(z.to(base.dtype) / LATENT_SCALE).sample.float()
-              for z in latents.flatten(0, 1).split(_ENCODE_CHUNK)]
+              for z in latents.flatten(0, 1).split(_DECODE_CHUNK)]
     x = ((torch.cat(images).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return x.permute(0, 2, 3, 1).unflatten(0, (b, f)).cpu().numpy()
 
