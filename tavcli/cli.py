@@ -183,7 +183,10 @@ def tune(
     config: Path = typer.Option(None, "--config", help="An official Tune-A-Video YAML config, or tav's own "
                                 "(docs/configs.md); flags override it. Its validation prompts run as edits."),
     name: str = typer.Option(None, "--name", help="A name to refer to the artifact by."),
-    base: str = typer.Option(None, "--base", help="SD v1.x hub id or diffusers folder [default: CompVis/stable-diffusion-v1-4]."),
+    base: str = typer.Option(None, "--base", help="SD v1.x hub id, diffusers folder, or single-file .safetensors/.ckpt "
+                             "checkpoint [default: CompVis/stable-diffusion-v1-4]."),
+    base_config: str = typer.Option(None, "--base-config", help="For a single-file --base: an SD v1.x diffusers "
+                                    "folder (or hub id) with its configs, tokenizer and scheduler (needed offline)."),
     frames: int = typer.Option(None, "--frames", help="Frames to sample from the clip [default: 8]."),
     size: int = typer.Option(None, "--size", help="Square size; --width/--height override it [default: 512]."),
     width: int = typer.Option(None, "--width"),
@@ -220,7 +223,7 @@ def tune(
     if size is not None:
         width, height = width or size, height or size
     loaded = apply_overrides(
-        loaded, video=video, prompt=prompt, name=name, base=base, frames=frames, width=width, height=height,
+        loaded, video=video, prompt=prompt, name=name, base=base, base_config=base_config, frames=frames, width=width, height=height,
         start=start, stride=stride, resize=resize, steps=steps, lr=lr, adapter=adapter, rank=rank,
         attention=attention, seed=seed, device=device, dtype=dtype, low_memory=True if low_memory else None)
     store = _store()
@@ -273,6 +276,8 @@ def edit(
     grid: bool = typer.Option(False, "--grid", help="Source and edit side by side."),
     fps: float = typer.Option(8.0, "--fps", help="Output frame rate (the official samples' 8 by default)."),
     base: str = typer.Option(None, "--base", help="Base model [default: the one tuned on]."),
+    base_config: str = typer.Option(None, "--base-config", help="Configs for a single-file base "
+                                    "[default: the ones recorded at tuning]."),
     force: bool = typer.Option(False, "--force", help="Use --base even if it is not the one tuned on."),
     score: bool = typer.Option(False, "--score", help="Also print and record CLIP score and frame consistency."),
     clip: str = typer.Option("openai/clip-vit-large-patch14", "--clip", help="CLIP model for --score."),
@@ -291,7 +296,8 @@ def edit(
         ref=ref, prompts=_read_prompts(prompts, prompts_file),
         settings=EditSettings(steps=steps, guidance=guidance, negative_prompt=negative, seed=seed,
                               inversion=not no_inversion),
-        output=output, out_dir=out_dir, format=fmt, frames=frames, grid=grid, fps=fps, base=base, force=force,
+        output=output, out_dir=out_dir, format=fmt, frames=frames, grid=grid, fps=fps, base=base,
+        base_config=base_config, force=force,
         device=device, dtype=dtype, score=score, clip=clip,
     )
     store = _store()
@@ -390,20 +396,32 @@ def show(
 @_errors
 def export(
     ref: str = typer.Argument(..., help="Artifact id, unique id prefix, or name."),
-    dest: Path = typer.Argument(..., help="A .tav file, or a folder with --format peft."),
-    fmt: str = typer.Option("tav", "--format", help="tav (one portable file) or peft (the adapter folder)."),
-    force: bool = typer.Option(False, "--force", help="Overwrite DEST."),
+    dest: Path = typer.Argument(..., help="A .tav file, or a folder with --format peft or official."),
+    fmt: str = typer.Option("tav", "--format", help="tav (one portable file), peft (the adapter folder) or "
+                            "official (a pipeline folder the official Tune-A-Video code loads)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite DEST (tav, peft); with official: use --base even "
+                               "if it is not the one tuned on."),
+    base: str = typer.Option(None, "--base", help="With official: the base whose weights go in [default: the one "
+                             "tuned on]."),
+    base_config: str = typer.Option(None, "--base-config", help="With official: configs for a single-file base."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="Nothing on stderr."),
 ) -> None:
-    """Write an artifact as one portable .tav file, or its adapter as a PEFT folder."""
+    """Write an artifact as one portable .tav file, its adapter as a PEFT folder, or an official pipeline folder."""
     from .store import ExportError
 
     store = _store()
     artifact = store.resolve(ref)
+    if fmt == "official":
+        from .jobs import export_official
+
+        with _Progress(quiet) as progress:
+            typer.echo(str(export_official(artifact.id, dest, store, base, base_config, force, progress)))
+        return
     if fmt == "tav":
         typer.echo(str(store.export(artifact, dest, force=force)))
         return
     if fmt != "peft":
-        raise ExportError(f"unknown export format {fmt!r}; choose tav or peft")
+        raise ExportError(f"unknown export format {fmt!r}; choose tav, peft or official")
     store.verify(artifact)
     if dest.exists() and not force:
         raise ExportError(f"{dest} exists; use --force to overwrite")
@@ -421,6 +439,33 @@ def export(
 def import_(file: Path = typer.Argument(..., help="A .tav file made by `tav export`.")) -> None:
     """Bring an exported artifact into this store (hashes verified); print its id."""
     typer.echo(_store().import_file(file).short_id)
+
+
+@app.command("import-official")
+@_errors
+def import_official(
+    folder: Path = typer.Argument(..., help="An official Tune-A-Video output folder (with unet/), or its unet/."),
+    base: str = typer.Option(None, "--base", help="The base it was tuned from [default: config.yaml's "
+                             "pretrained_model_path when found, else CompVis/stable-diffusion-v1-4]."),
+    base_config: str = typer.Option(None, "--base-config", help="Configs for a single-file --base."),
+    name: str = typer.Option(None, "--name", help="A name to refer to the artifact by."),
+    prompt: str = typer.Option(None, "--prompt", help="The caption it was tuned on [default: config.yaml's]."),
+    as_json: bool = typer.Option(False, "--json", help="Print the artifact as one JSON object."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="Only the id on stdout, nothing on stderr."),
+) -> None:
+    """Turn an official Tune-A-Video tuned model into a tav artifact (a `full` adapter); print its id."""
+    from .jobs import ImportOfficialJob
+    from .jobs import import_official as run_import
+
+    with _Progress(quiet) as progress:
+        artifact = run_import(ImportOfficialJob(folder, base, base_config, name, prompt), _store(), progress)
+        progress.log(f"stored {artifact.short_id}" + (f" ({artifact.name})" if artifact.name else "")
+                     + ("" if "inversion.safetensors" in artifact.manifest["files"]
+                        else "; no inversion came with it: edit with --no-inversion"))
+    if as_json:
+        _stdout().print_json(json.dumps(_artifact_summary(artifact)))
+    else:
+        typer.echo(artifact.short_id)
 
 
 @app.command()

@@ -102,12 +102,12 @@ TRAIN_DATA_KEYS = frozenset({"video_path", "prompt", "n_sample_frames", "width",
 VALIDATION_KEYS = frozenset({"prompts", "video_length", "width", "height", "num_inference_steps", "guidance_scale",
                              "use_inv_latent", "num_inv_steps", "negative_prompt"})
 
-TAV_KEYS = ("video", "prompt", "name", "base", "frames", "size", "width", "height", "start", "stride", "resize",
+TAV_KEYS = ("video", "prompt", "name", "base", "base_config", "frames", "size", "width", "height", "start", "stride", "resize",
             "steps", "lr", "adapter", "rank", "attention", "seed", "low_memory", "device", "dtype",
             "inversion_steps", "edits")
 TAV_EDIT_KEYS = ("prompts", "steps", "guidance", "negative", "inversion", "frames")
 
-OVERRIDES = ("video", "prompt", "name", "base", "frames", "width", "height", "start", "stride", "resize", "steps",
+OVERRIDES = ("video", "prompt", "name", "base", "base_config", "frames", "width", "height", "start", "stride", "resize", "steps",
              "lr", "adapter", "rank", "attention", "seed", "device", "dtype", "low_memory")
 
 _REQUIRED = object()
@@ -303,9 +303,9 @@ def _video_path(doc: _Doc, value: str) -> Path:
 
 
 def _base(doc: _Doc, value: str) -> str:
-    """A relative folder next to the config is resolved; anything else (a hub id) is kept as given."""
+    """A relative folder or checkpoint file next to the config is resolved; anything else (a hub id) is kept."""
     p = Path(value).expanduser()
-    if not p.is_absolute() and (doc.folder / p).is_dir():
+    if not p.is_absolute() and (doc.folder / p).exists():
         return str(doc.folder / p)
     return str(p) if value.startswith("~") else value
 
@@ -453,6 +453,7 @@ def _tav(doc: _Doc) -> LoadedConfig:
     dtype, device = g("dtype", "text", "auto"), g("device", "text", "auto")
     tune = TuneJob(
         video=video, prompt=prompt, name=g("name", "text", None), base=_base(doc, g("base", "text", DEFAULT_BASE)),
+        base_config=None if (bc := g("base_config", "text", None)) is None else _base(doc, bc),
         sampling=FrameSampling(frames=frames, start=g("start", "int", 0), stride=g("stride", "int", None)),
         width=g("width", "int", size), height=g("height", "int", size), resize=g("resize", "text", "crop"),
         adapter=AdapterSpec(g("adapter", "text", "full"), rank=g("rank", "int", 16), temporal_seed=seed),
@@ -535,7 +536,7 @@ def apply_overrides(config: LoadedConfig, **flags: Any) -> LoadedConfig:
     settings = pick(job.settings, steps="steps", lr="lr", seed="seed")
     if "low_memory" in given:
         settings = replace(settings, gradient_checkpointing=True if given["low_memory"] else None)
-    tune = pick(job, prompt="prompt", name="name", base="base", width="width", height="height", resize="resize",
+    tune = pick(job, prompt="prompt", name="name", base="base", base_config="base_config", width="width", height="height", resize="resize",
                 attention="attention", device="device", dtype="dtype")
     tune = replace(tune, sampling=pick(job.sampling, frames="frames", start="start", stride="stride"),
                    adapter=pick(job.adapter, kind="adapter", rank="rank", temporal_seed="seed"), settings=settings)
