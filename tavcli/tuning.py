@@ -74,9 +74,10 @@ class MasterWeights:
             p.data = m.data
 
 
-# Measured on an H100 with bf16 master weights (docs/performance.md): activations of one 512x512 frame
-# for backward, and what weights, optimizer state and workspace take besides.
-_GIB_PER_FRAME_512 = 1.3
+# Measured on an H100 with bf16 master weights (docs/performance.md: 10.91 GiB at 8 frames, 26.27 at 24):
+# activations of one 512x512 frame for backward, and what weights, optimizer state and workspace take
+# besides, rounded up.
+_GIB_PER_FRAME_512 = 1.0
 _GIB_FIXED = 3.5
 
 
