@@ -168,10 +168,14 @@ def tune(job: TuneJob, store: Store, reporter: Reporter = Reporter()) -> Artifac
 
 
 def _identity(base) -> dict:
-    """The base's identity for a manifest; a single file's sha256 is remembered across runs."""
+    """The base's identity for a manifest; a single file's sha256 is remembered across runs. A local file or
+    folder is recorded by its absolute path (as its --base-config is), so later edits find it from anywhere."""
     from .models import base_identity
 
-    return base_identity(base, sha256=_file_sha256(base.checkpoint) if base.checkpoint else None)
+    identity = base_identity(base, sha256=_file_sha256(base.checkpoint) if base.checkpoint else None)
+    if Path(base.name).expanduser().exists():
+        identity["name"] = os.path.abspath(Path(base.name).expanduser())
+    return identity
 
 
 def _same_base(identity: dict, recorded: dict) -> bool:
