@@ -1,7 +1,7 @@
 """On a GPU: what `torch.compile` of the inflated UNet buys for a tuning step and a sampling call, and what it
 costs to compile, cold (empty cache) and warm (a second process with the same cache directory).
 
-    TORCHINDUCTOR_CACHE_DIR=/tmp/ind python benchmarks/check_compile.py [--compile] [--frames 8] [--steps 20]
+    TORCHINDUCTOR_CACHE_DIR=/tmp/ind python benchmarks/check_compile.py [--compile | --regional] [--frames 8] [--steps 20]
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=8)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--regional", action="store_true", help="compile the repeated blocks only (tavcli.compiling)")
     ap.add_argument("--mode", default=None)
     ap.add_argument("--sdpa", default=None, help="flash, cudnn, efficient or math: force one SDPA backend")
     args = ap.parse_args()
@@ -34,11 +35,16 @@ def main() -> None:
         backend = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
                    "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}[args.sdpa]
         sdpa_kernel(backend).__enter__()  # for the whole process
-    out: dict = {"sdpa": args.sdpa, "compile": args.compile, "mode": args.mode, "frames": args.frames}
+    out: dict = {"sdpa": args.sdpa, "compile": args.compile, "regional": args.regional, "mode": args.mode,
+                 "frames": args.frames}
     base = load_base(str(_base_folder(tiny=False)))
     tav = TuneAVideo.create(base)
     if args.compile:
         tav.unet.compile(mode=args.mode)
+    if args.regional:
+        from tavcli.compiling import compile_regions
+
+        out["regions"] = compile_regions(tav.unet, mode=args.mode)
     video = np.random.default_rng(0).integers(0, 256, (args.frames, 512, 512, 3), dtype=np.uint8)
     mean, std = encode_frames(base, video)
     clip = ClipLatents(mean, std, encode_prompts(base, ["a man is skiing"]))

@@ -64,18 +64,33 @@ def key_frames(frames: int, mode: str) -> list[list[int]]:
     raise ValueError(f"unknown attention mode {mode!r}; choose one of {', '.join(ATTENTION_MODES)}")
 
 
+def source_frames(x: torch.Tensor, mode: str) -> torch.Tensor:
+    """(B, F, ...) -> (B, F, S, ...): for each frame, its S source frames in `key_frames` order.
+
+    Slices, `cat` and `expand` instead of an index tensor: nothing to cache per frame count, no
+    host-to-device copy, and nothing that `torch.compile` would have to guard on.
+    """
+    b, f = x.shape[:2]
+    if mode == "sparse-causal":  # written into one new tensor: a single pass over memory, as a gather was
+        out = x.new_empty(b, f, 2, *x.shape[2:])
+        out[:, :, 0] = x[:, :1]
+        out[:, 1:, 1] = x[:, :-1]
+        out[:, :1, 1] = x[:, :1]
+        return out
+    if mode == "first-frame":
+        return x[:, :1, None].expand(b, f, 1, *x.shape[2:])
+    if mode == "full":
+        return x[:, None].expand(b, f, f, *x.shape[2:])
+    if mode == "frame":
+        return x[:, :, None]
+    raise ValueError(f"unknown attention mode {mode!r}; choose one of {', '.join(ATTENTION_MODES)}")
+
+
 class FrameAttnProcessor:
     """Self-attention whose keys and values come from other frames of the same clip."""
 
     def __init__(self, ctx: ClipContext):
         self.ctx = ctx
-        self._sources: dict[tuple, torch.Tensor] = {}  # built once: no host-to-device copy per call
-
-    def sources(self, frames: int, device: torch.device) -> torch.Tensor:
-        key = (frames, self.ctx.attention, device)
-        if key not in self._sources:
-            self._sources[key] = torch.tensor(key_frames(frames, self.ctx.attention), device=device)
-        return self._sources[key]
 
     def __call__(
         self,
@@ -94,11 +109,10 @@ class FrameAttnProcessor:
         k = attn.to_k(hidden_states)
         v = attn.to_v(hidden_states)
         d = q.shape[-1] // heads
-        sources = self.sources(f, hidden_states.device)
 
         def gather(x: torch.Tensor) -> torch.Tensor:
             # (B*F, N, C) -> (B*F, heads, S*N, d): each frame's queries see the S source frames' tokens.
-            x = x.view(b, f, n, heads, d)[:, sources]  # (B, F, S, N, heads, d)
+            x = source_frames(x.view(b, f, n, heads, d), self.ctx.attention)  # (B, F, S, N, heads, d)
             return x.flatten(2, 3).flatten(0, 1).transpose(1, 2)
 
         q = q.view(bf, n, heads, d).transpose(1, 2)

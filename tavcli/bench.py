@@ -32,6 +32,7 @@ class BenchSettings:
     device: str = "auto"
     tiny: bool = False
     low_memory: bool = False
+    compile: bool = False
 
 
 class _Clock(jobs.Reporter):
@@ -96,7 +97,7 @@ def run(settings: BenchSettings, reporter: jobs.Reporter = jobs.Reporter()) -> d
         tune_job = jobs.TuneJob(video=clip, prompt="a man is skiing", base=str(base),
                                 sampling=FrameSampling(frames=settings.frames), width=settings.size,
                                 height=settings.size,
-                                settings=TuneSettings(steps=settings.steps,
+                                settings=TuneSettings(steps=settings.steps, compile=settings.compile,
                                                       gradient_checkpointing=True if settings.low_memory else None),
                                 device=settings.device)
         reporter.stage(f"tuning {settings.steps} steps on {out['device']}")
@@ -129,7 +130,8 @@ def run(settings: BenchSettings, reporter: jobs.Reporter = jobs.Reporter()) -> d
             reporter.stage(f"edit ({attempt})")
             clock = _Clock(sync)
             jobs.edit(jobs.EditJob(ref=artifact.id, prompts=["an astronaut is skiing on the moon"],
-                                   settings=EditSettings(steps=settings.edit_steps), out_dir=Path(tmp) / "out",
+                                   settings=EditSettings(steps=settings.edit_steps, compile=settings.compile),
+                                   out_dir=Path(tmp) / "out",
                                    device=settings.device), store, clock)
             out[f"edit_{attempt}_s"] = round(clock.span("editing"), 2)
             out[f"edit_{attempt}_total_s"] = round(clock.span("loading"), 2)

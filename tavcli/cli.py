@@ -52,22 +52,19 @@ def _stderr() -> Console:
 
 
 def _exit_code(error: BaseException) -> int:
-    from .adapters import AdapterError, AdapterSpecError
-    from .configs import ConfigError
-    from .jobs import JobError
-    from .metrics import MetricsError
-    from .models import BaseModelError
-    from .store import AmbiguousRefError, CorruptArtifactError, NotFoundError, StoreError
-    from .video import VideoError
+    from .store import CorruptArtifactError, NotFoundError, StoreError
 
+    # The method modules' errors (JobError, VideoError, ConfigError, BaseModelError, ...) are ValueErrors:
+    # bad input. Only adapters' need a closer look, and a module not imported raised none of its errors:
+    # importing it here would cost a store command's error seconds of loading torch.
+    adapters = sys.modules.get("tavcli.adapters")
     if isinstance(error, NotFoundError):
         return EXIT_NOT_FOUND
-    if isinstance(error, AdapterSpecError):
+    if adapters and isinstance(error, adapters.AdapterSpecError):
         return EXIT_USAGE
-    if isinstance(error, (CorruptArtifactError, AdapterError)):
+    if isinstance(error, CorruptArtifactError) or (adapters and isinstance(error, adapters.AdapterError)):
         return EXIT_FAILURE
-    if isinstance(error, (AmbiguousRefError, StoreError, JobError, VideoError, BaseModelError, MetricsError,
-                          ConfigError, ValueError)):
+    if isinstance(error, (StoreError, ValueError)):
         return EXIT_USAGE
     return EXIT_FAILURE
 
@@ -98,11 +95,16 @@ def _errors(fn):
 
 
 class _Progress:
-    """Draws jobs' progress on stderr: a Rich bar on a terminal, plain lines otherwise, nothing with -q."""
+    """Draws jobs' progress on stderr: a Rich bar on a terminal, plain lines otherwise, nothing with -q.
+
+    Every command that loads models reports through this, so this is where the libraries are quietened:
+    importing them takes seconds, which `tav list` and the other store commands should not pay.
+    """
 
     def __init__(self, quiet: bool):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+        _quiet_libraries()
         self.quiet = quiet
         self.console = _stderr()
         self.live = not quiet and self.console.is_terminal
@@ -172,7 +174,6 @@ def main(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
 ) -> None:
     """Tune-A-Video from the command line. Store: $TAV_HOME, else the platform's user data folder."""
-    _quiet_libraries()
 
 
 @app.command()
@@ -205,6 +206,8 @@ def tune(
     low_memory: bool = typer.Option(False, "--low-memory",
                                     help="Gradient checkpointing: slower steps, far less GPU memory "
                                          "(chosen by itself when the clip would not fit)."),
+    compile_: bool = typer.Option(False, "--compile", help="torch.compile the UNet's repeated blocks: faster "
+                                  "steps after minutes of compiling (docs/performance.md)."),
     device: str = typer.Option(None, "--device", help="auto, cuda or cpu [default: auto]."),
     dtype: str = typer.Option(None, "--dtype", help="auto, bf16, fp16 or fp32 (frozen weights) [default: auto]."),
     out_dir: Path = typer.Option(Path("."), "--out-dir", help="Where a config's validation edits go."),
@@ -225,7 +228,8 @@ def tune(
     loaded = apply_overrides(
         loaded, video=video, prompt=prompt, name=name, base=base, base_config=base_config, frames=frames, width=width, height=height,
         start=start, stride=stride, resize=resize, steps=steps, lr=lr, adapter=adapter, rank=rank,
-        attention=attention, seed=seed, device=device, dtype=dtype, low_memory=True if low_memory else None)
+        attention=attention, seed=seed, device=device, dtype=dtype, low_memory=True if low_memory else None,
+        compile=True if compile_ else None)
     store = _store()
     outputs = []
     with _Progress(quiet) as progress:
@@ -281,6 +285,8 @@ def edit(
     force: bool = typer.Option(False, "--force", help="Use --base even if it is not the one tuned on."),
     score: bool = typer.Option(False, "--score", help="Also print and record CLIP score and frame consistency."),
     clip: str = typer.Option("openai/clip-vit-large-patch14", "--clip", help="CLIP model for --score."),
+    compile_: bool = typer.Option(False, "--compile", help="torch.compile the UNet's repeated blocks: faster "
+                                  "steps after minutes of compiling; pays over many prompts (docs/performance.md)."),
     device: str = typer.Option("auto", "--device"),
     dtype: str = typer.Option("auto", "--dtype"),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
@@ -295,7 +301,7 @@ def edit(
     job = EditJob(
         ref=ref, prompts=_read_prompts(prompts, prompts_file),
         settings=EditSettings(steps=steps, guidance=guidance, negative_prompt=negative, seed=seed,
-                              inversion=not no_inversion),
+                              inversion=not no_inversion, compile=compile_),
         output=output, out_dir=out_dir, format=fmt, frames=frames, grid=grid, fps=fps, base=base,
         base_config=base_config, force=force,
         device=device, dtype=dtype, score=score, clip=clip,
@@ -500,13 +506,14 @@ def bench(
     device: str = typer.Option("auto", "--device"),
     tiny: bool = typer.Option(False, "--tiny", help="A tiny random architecture: a quick CPU smoke test."),
     low_memory: bool = typer.Option(False, "--low-memory", help="Time `tav tune --low-memory`."),
+    compile_: bool = typer.Option(False, "--compile", help="Time `tav tune --compile` and `tav edit --compile`."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Time a whole tune and edit on random SD v1.4-sized weights (no download), as `tav tune`/`edit` run."""
     from .bench import BenchSettings, run
 
     with _Progress(quiet=False) as progress:
-        result = run(BenchSettings(frames, size, steps, edit_steps, device, tiny, low_memory), progress)
+        result = run(BenchSettings(frames, size, steps, edit_steps, device, tiny, low_memory, compile_), progress)
     if as_json:
         _stdout().print_json(json.dumps(result))
         return

@@ -44,6 +44,7 @@ and this module imports no torch itself (the job classes are imported when a con
     attention: sparse-causal # first-frame, full, frame
     seed: 0                  # tuning, temporal init and edit noise
     low_memory: false        # true: gradient checkpointing
+    compile: false           # true: torch.compile the UNet's repeated blocks (tuning and these edits)
     device: auto
     dtype: auto              # bf16, fp16, fp32
     inversion_steps: 50      # DDIM steps of the stored inversion
@@ -103,12 +104,12 @@ VALIDATION_KEYS = frozenset({"prompts", "video_length", "width", "height", "num_
                              "use_inv_latent", "num_inv_steps", "negative_prompt"})
 
 TAV_KEYS = ("video", "prompt", "name", "base", "base_config", "frames", "size", "width", "height", "start", "stride", "resize",
-            "steps", "lr", "adapter", "rank", "attention", "seed", "low_memory", "device", "dtype",
+            "steps", "lr", "adapter", "rank", "attention", "seed", "low_memory", "compile", "device", "dtype",
             "inversion_steps", "edits")
 TAV_EDIT_KEYS = ("prompts", "steps", "guidance", "negative", "inversion", "frames")
 
 OVERRIDES = ("video", "prompt", "name", "base", "base_config", "frames", "width", "height", "start", "stride", "resize", "steps",
-             "lr", "adapter", "rank", "attention", "seed", "device", "dtype", "low_memory")
+             "lr", "adapter", "rank", "attention", "seed", "device", "dtype", "low_memory", "compile")
 
 _REQUIRED = object()
 Keys = tuple  # a key's path in the file: ("train_data", "prompt"), ("edits", 0, "steps")
@@ -451,6 +452,7 @@ def _tav(doc: _Doc) -> LoadedConfig:
     frames = g("frames", "int", 8)
     seed = g("seed", "int", 0)
     dtype, device = g("dtype", "text", "auto"), g("device", "text", "auto")
+    compiled = g("compile", "bool", False)
     tune = TuneJob(
         video=video, prompt=prompt, name=g("name", "text", None), base=_base(doc, g("base", "text", DEFAULT_BASE)),
         base_config=None if (bc := g("base_config", "text", None)) is None else _base(doc, bc),
@@ -458,7 +460,7 @@ def _tav(doc: _Doc) -> LoadedConfig:
         width=g("width", "int", size), height=g("height", "int", size), resize=g("resize", "text", "crop"),
         adapter=AdapterSpec(g("adapter", "text", "full"), rank=g("rank", "int", 16), temporal_seed=seed),
         attention=g("attention", "text", "sparse-causal"),
-        settings=TuneSettings(steps=g("steps", "int", 300), lr=g("lr", "number", 3e-5), seed=seed,
+        settings=TuneSettings(steps=g("steps", "int", 300), lr=g("lr", "number", 3e-5), seed=seed, compile=compiled,
                               gradient_checkpointing=True if g("low_memory", "bool", False) else None),
         inversion_steps=g("inversion_steps", "int", 50), device=device, dtype=dtype,
     )
@@ -498,7 +500,8 @@ def _tav(doc: _Doc) -> LoadedConfig:
             ref="", prompts=prompts, frames=length if length != frames else None, device=device, dtype=dtype,
             settings=EditSettings(steps=e("steps", "int", 50, check="edit_steps"),
                                   guidance=e("guidance", "number", 12.5), negative_prompt=e("negative", "text", ""),
-                                  seed=seed, inversion=inversion, inversion_steps=tune.inversion_steps),
+                                  seed=seed, inversion=inversion, inversion_steps=tune.inversion_steps,
+                                  compile=compiled),
         ))
     return LoadedConfig(tune=tune, edits=edits, warnings=[], source="tav")
 
@@ -516,7 +519,7 @@ def load_config(path: str | Path) -> LoadedConfig:
 def apply_overrides(config: LoadedConfig, **flags: Any) -> LoadedConfig:
     """A copy of `config` with the given flags set (a flag whose value is None was not given).
 
-    `seed`, `device` and `dtype` also reach the config's edits; `low_memory=False` means tav's own
+    `seed`, `device`, `dtype` and `compile` also reach the config's edits; `low_memory=False` means tav's own
     choice of gradient checkpointing, as without --low-memory.
     """
     unknown = sorted(set(flags) - set(OVERRIDES))
@@ -536,12 +539,13 @@ def apply_overrides(config: LoadedConfig, **flags: Any) -> LoadedConfig:
     settings = pick(job.settings, steps="steps", lr="lr", seed="seed")
     if "low_memory" in given:
         settings = replace(settings, gradient_checkpointing=True if given["low_memory"] else None)
+    settings = pick(settings, compile="compile")
     tune = pick(job, prompt="prompt", name="name", base="base", base_config="base_config", width="width", height="height", resize="resize",
                 attention="attention", device="device", dtype="dtype")
     tune = replace(tune, sampling=pick(job.sampling, frames="frames", start="start", stride="stride"),
                    adapter=pick(job.adapter, kind="adapter", rank="rank", temporal_seed="seed"), settings=settings)
     if "video" in given:
         tune = replace(tune, video=Path(given["video"]))
-    edits = [pick(replace(e, settings=pick(e.settings, seed="seed")), device="device", dtype="dtype")
+    edits = [pick(replace(e, settings=pick(e.settings, seed="seed", compile="compile")), device="device", dtype="dtype")
              for e in config.edits]
     return replace(config, tune=tune, edits=edits)

@@ -24,6 +24,7 @@ class EditSettings:
     inversion: bool = True
     inversion_steps: int = 50
     cuda_graphs: bool = True  # replay each step's UNet call as one CUDA graph (GPU only)
+    compile: bool = False  # torch.compile the UNet's repeated blocks first (tavcli.compiling): minutes, cold
 
 
 @dataclass(frozen=True)

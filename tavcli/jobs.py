@@ -108,6 +108,16 @@ def _versions() -> dict[str, str]:
             "transformers": transformers.__version__, "peft": peft.__version__}
 
 
+def _compile_cache() -> None:
+    """Inductor's kernels and graphs in tav's cache folder, for later runs; a folder the user set wins.
+
+    Inductor reads the variable when it first needs its cache, after this.
+    """
+    import platformdirs
+
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(platformdirs.user_cache_dir("tav")) / "inductor"))
+
+
 def _playback_fps(indices: tuple[int, ...], fps: float) -> float:
     """The rate that plays the sampled frames over the time they span in the source."""
     if len(indices) < 2:
@@ -132,6 +142,8 @@ def tune(job: TuneJob, store: Store, reporter: Reporter = Reporter()) -> Artifac
     key_frames(1, job.attention)  # an unknown mode fails now, not after loading the base
     store.check_name(job.name)
     clip = read_video(job.video, job.sampling, job.width, job.height, job.resize)
+    if job.settings.compile:
+        _compile_cache()
     reporter.stage(f"loading {job.base}")
     base = load_base(job.base, job.device, job.dtype, config=job.base_config)
     identity = _identity(base)
@@ -275,6 +287,8 @@ def edit(job: EditJob, store: Store, reporter: Reporter = Reporter()) -> list[Ed
     check_edit(job, artifact)
     m = artifact.manifest
     base_name = job.base or m["base"]["name"]
+    if job.settings.compile:
+        _compile_cache()
     reporter.stage(f"loading {base_name}")
     single_file = Path(base_name).suffix.lower() in (".safetensors", ".ckpt")
     config = job.base_config or (m["base"].get("config") if single_file else None)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import adapters, ddim
+from . import adapters, compiling, ddim
 from .attention import inflate, set_attention_mode
 from .models import Base, decode_latents, encode_frames, encode_prompts
 from .tuning import ClipLatents, TuneSettings, tune
@@ -30,6 +30,7 @@ class TuneAVideo:
     spec: adapters.AdapterSpec
     params: list[nn.Parameter] = field(repr=False)
     tuned_state: dict[str, torch.Tensor] | None = field(default=None, repr=False)  # fp32, once cast for inference
+    compiled: bool = False
 
     @property
     def unet(self) -> nn.Module:
@@ -52,6 +53,13 @@ class TuneAVideo:
         base.unet.to(base.dtype)
         return cls(base, spec, [], tuned_state={})
 
+    def compile(self, backend: str = "inductor") -> TuneAVideo:
+        """Compile the UNet's repeated blocks (once); each input shape and grad mode compiles at first use."""
+        if not self.compiled:
+            compiling.compile_regions(self.unet, backend=backend)
+            self.compiled = True
+        return self
+
     def save_adapter(self, folder: str | Path, dtype: torch.dtype | None = None) -> Path:
         return adapters.save_adapter(self.unet, self.spec, folder, dtype, state=self.tuned_state or None)
 
@@ -73,6 +81,8 @@ class TuneAVideo:
     def tune(self, frames: np.ndarray, caption: str, settings: TuneSettings = TuneSettings(),
              callback: Callable[[int, torch.Tensor], None] | None = None) -> list[float]:
         """One-shot tuning on uint8 frames (F, H, W, 3); returns the loss of each step."""
+        if settings.compile:
+            self.compile()
         mean, std = self.latents(frames)
         clip = ClipLatents(mean, std, encode_prompts(self.base, [caption]))
         alphas = _alphas_cumprod(self.base.scheduler_config)
@@ -97,6 +107,8 @@ class TuneAVideo:
         x `width` (the paper's "w/o inversion" ablation and plain text-to-video).
         """
         self.for_inference()
+        if settings.compile:
+            self.compile()
         if noise is None or not settings.inversion:
             f = self.base.vae_factor
             g = torch.Generator().manual_seed(settings.seed)

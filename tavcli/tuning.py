@@ -25,6 +25,7 @@ class TuneSettings:
     seed: int = 0
     gradient_checkpointing: bool | None = None  # None: only when the clip would not fit the GPU otherwise
     cuda_graphs: bool = True  # replay each step as one CUDA graph (GPU, without checkpointing)
+    compile: bool = False  # torch.compile the UNet's repeated blocks first (tavcli.compiling): minutes, cold
 
 
 @dataclass
