@@ -25,3 +25,28 @@ def test_tiny_bench_times_the_jobs_users_run(tmp_path, monkeypatch):
     assert out["inversion_s"] > 0 and out["load_s"] > 0 and out["adapter_bytes"] > 10_000
     assert 0 < out["edit_warm_s"] <= out["edit_warm_total_s"]
     assert (tmp_path / "cache" / "tav" / "bench" / "tiny" / "model_index.json").is_file()  # cached for next time
+
+
+def test_tiny_bench_with_compile_times_a_second_pass_from_the_cache(tmp_path, monkeypatch):
+    import tavcli.compiling
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    calls = []
+    for name in ("tune", "edit"):
+        real = getattr(jobs, name)
+        monkeypatch.setattr(jobs, name, lambda *a, _real=real, _name=name, **k: calls.append(_name) or _real(*a, **k))
+    compiled = []
+    real_compile = tavcli.compiling.compile_regions
+    # dynamo traces as on a GPU; aot_eager skips inductor's C++ build, minutes on this machine
+    monkeypatch.setattr(tavcli.compiling, "compile_regions",
+                        lambda unet, **k: compiled.append(1) or real_compile(unet, **k | {"backend": "aot_eager"}))
+    result = CliRunner().invoke(app, ["bench", "--tiny", "--frames", "4", "--size", "64", "--steps", "5",
+                                      "--edit-steps", "2", "--device", "cpu", "--compile", "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert calls == ["tune", "edit", "edit", "tune", "edit"] and len(compiled) == 5
+    assert out["settings"]["compile"] is True and out["compile_cache_was_empty"] is True
+    again = out["from_cache"]
+    assert again["tune_total_s"] > 0 and len(again["tune_first_steps_s"]) == 5 and again["adapter_bytes"] > 10_000
+    assert 0 < again["edit"]["s"] <= again["edit"]["total_s"]
