@@ -17,7 +17,7 @@ import numpy as np
 
 from . import jobs
 from .ddim import EditSettings
-from .store import Store
+from .store import Artifact, Store
 from .tuning import TuneSettings
 from .video import FrameSampling, write_video
 
@@ -80,7 +80,7 @@ def _clip(folder: Path, frames: int, size: int) -> Path:
     return write_video(folder / "clip.mp4", ((video + 1) * 127.5).astype(np.uint8), fps=8)
 
 
-def _time_tune(job: jobs.TuneJob, store: Store, clock: _Clock, cuda: bool):
+def _time_tune(job: jobs.TuneJob, store: Store, clock: _Clock, cuda: bool) -> tuple[Artifact, dict]:
     """Run one tune through `jobs.tune` and read its figures off the clock."""
     import torch
 

@@ -265,7 +265,7 @@ def test_apply_overrides_every_flag(tmp_path):
     changed = apply_overrides(config, video="b.mp4", prompt="a dog", name="dog", base="some/base", frames=4,
                               width=256, height=320, start=3, stride=5, resize="crop", steps=7, lr=1e-4,
                               adapter="lora", rank=4, attention="full", seed=9, device="cpu", dtype="fp32",
-                              low_memory=False)
+                              low_memory=False, compile=True)
     job = changed.tune
     assert (job.video, job.prompt, job.name, job.base) == (Path("b.mp4"), "a dog", "dog", "some/base")
     assert (job.sampling.frames, job.sampling.start, job.sampling.stride) == (4, 3, 5)
@@ -274,8 +274,9 @@ def test_apply_overrides_every_flag(tmp_path):
     assert job.settings.gradient_checkpointing is None
     assert (job.adapter.kind, job.adapter.rank, job.adapter.temporal_seed) == ("lora", 4, 9)
     assert (job.device, job.dtype) == ("cpu", "fp32")
+    assert job.settings.compile is True and config.tune.settings.compile is False
     edit = changed.edits[0]
-    assert (edit.settings.seed, edit.device, edit.dtype) == (9, "cpu", "fp32")
+    assert (edit.settings.seed, edit.device, edit.dtype, edit.settings.compile) == (9, "cpu", "fp32", True)
     assert edit.prompts == config.edits[0].prompts
 
 
@@ -310,6 +311,7 @@ rank: 8
 attention: first-frame
 seed: 7
 low_memory: true
+compile: true
 device: cpu
 dtype: bf16
 inversion_steps: 20
@@ -333,7 +335,7 @@ def test_tav_format_with_every_key(tmp_path):
     assert (job.width, job.height, job.resize) == (320, 256, "squash")
     assert (job.settings.steps, job.settings.lr, job.settings.seed) == (150, 3e-5, 7)
     assert isinstance(job.settings.lr, float)
-    assert job.settings.gradient_checkpointing is True
+    assert job.settings.gradient_checkpointing is True and job.settings.compile is True
     assert (job.adapter.kind, job.adapter.rank, job.adapter.temporal_seed) == ("lora", 8, 7)
     assert (job.attention, job.device, job.dtype, job.inversion_steps) == ("first-frame", "cpu", "bf16", 20)
     [edit] = config.edits
@@ -341,6 +343,7 @@ def test_tav_format_with_every_key(tmp_path):
     s = edit.settings
     assert (s.steps, s.guidance, s.negative_prompt, s.inversion, s.seed) == (25, 7.5, "blurry", False, 7)
     assert (edit.frames, edit.device, edit.dtype) == (16, "cpu", "bf16")
+    assert s.compile is True  # the edits run in the same process, on the model compiled for tuning
 
 
 def test_tav_format_defaults(tmp_path):
@@ -351,7 +354,7 @@ def test_tav_format_defaults(tmp_path):
     assert (job.sampling.frames, job.sampling.start, job.sampling.stride) == (8, 0, None)
     assert (job.width, job.height, job.resize) == (512, 512, "crop")
     assert (job.settings.steps, job.settings.lr, job.settings.seed) == (300, 3e-5, 0)
-    assert job.settings.gradient_checkpointing is None
+    assert job.settings.gradient_checkpointing is None and job.settings.compile is False
     assert (job.adapter.kind, job.attention, job.device, job.dtype) == ("full", "sparse-causal", "auto", "auto")
     assert job.base == "CompVis/stable-diffusion-v1-4"
 
