@@ -67,8 +67,8 @@ def key_frames(frames: int, mode: str) -> list[list[int]]:
 def source_frames(x: torch.Tensor, mode: str) -> torch.Tensor:
     """(B, F, ...) -> (B, F, S, ...): for each frame, its S source frames in `key_frames` order.
 
-    Slices, `cat` and `expand` instead of an index tensor: nothing to cache per frame count, no
-    host-to-device copy, and nothing that `torch.compile` would have to guard on.
+    Slices and `expand` instead of an index tensor: nothing to cache per frame count, no host-to-device
+    copy, and nothing that `torch.compile` would have to guard on.
     """
     b, f = x.shape[:2]
     if mode == "sparse-causal":  # written into one new tensor: a single pass over memory, as a gather was

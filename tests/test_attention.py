@@ -6,7 +6,8 @@ import pytest
 import torch
 from diffusers.models.attention_processor import Attention
 
-from tavcli.attention import ClipContext, ClipGroupNorm, FrameAttnProcessor, inflate, video_forward
+from tavcli.attention import (ATTENTION_MODES, ClipContext, ClipGroupNorm, FrameAttnProcessor, inflate, key_frames,
+                              source_frames, video_forward)
 
 
 def naive_frame_attention(attn: Attention, h: torch.Tensor, frames: int, sources) -> torch.Tensor:
@@ -46,6 +47,15 @@ def test_frame_attention_matches_naive_loops(mode):
         got = attn(h)
         want = naive_frame_attention(attn, h, frames, SOURCES[mode])
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ATTENTION_MODES)
+@pytest.mark.parametrize("frames", [1, 2, 5])
+def test_source_frames_follow_key_frames(mode, frames):
+    clip = torch.arange(2 * frames * 3, dtype=torch.float32).view(2, frames, 3)  # every value tells its place
+    got = source_frames(clip, mode)
+    want = torch.stack([clip[b, key_frames(frames, mode)] for b in range(2)])
+    assert torch.equal(got, want)
 
 
 def test_sparse_causal_differs_from_per_frame_attention():
