@@ -6,7 +6,6 @@ are the real ones; `tiny` is a CPU smoke test of the same path.
 
 from __future__ import annotations
 
-import os
 import statistics
 import tempfile
 import time
@@ -123,14 +122,6 @@ def _time_edit(job: jobs.EditJob, store: Store, clock: _Clock, cuda: bool) -> di
     return out
 
 
-def _cache_is_empty() -> bool:
-    """Whether inductor's cache (where `jobs` points it) holds nothing yet, i.e. a compile now is cold."""
-    import platformdirs
-
-    folder = Path(os.environ.get("TORCHINDUCTOR_CACHE_DIR") or Path(platformdirs.user_cache_dir("tav")) / "inductor")
-    return not folder.is_dir() or not any(folder.iterdir())
-
-
 def run(settings: BenchSettings, reporter: jobs.Reporter = jobs.Reporter()) -> dict:
     """Tune once, edit twice (the first edit in the process, then another); with `compile`, once more of
     each after dropping the compiled code from memory, so that inductor's on-disk cache serves them, as it
@@ -146,7 +137,8 @@ def run(settings: BenchSettings, reporter: jobs.Reporter = jobs.Reporter()) -> d
     out: dict = {"settings": asdict(settings), "device": torch.cuda.get_device_name() if cuda else "cpu",
                  "torch": torch.__version__}
     if settings.compile:
-        out["compile_cache_was_empty"] = _cache_is_empty()
+        cache = jobs.compile_cache_dir()
+        out["compile_cache_was_empty"] = not cache.is_dir() or not any(cache.iterdir())
     with tempfile.TemporaryDirectory(prefix="tav-bench-") as tmp:
         store = Store(Path(tmp) / "store")
         clip = _clip(Path(tmp), settings.frames, settings.size)
@@ -176,7 +168,7 @@ def run(settings: BenchSettings, reporter: jobs.Reporter = jobs.Reporter()) -> d
             reporter.stage("tuning again, from the compile cache")
             artifact, figures = _time_tune(tune_job, store, _Clock(sync), cuda)
             reporter.stage("edit again, from the compile cache")
-            torch._dynamo.reset()
+            torch._dynamo.reset()  # the tune's inversion compiled the sampling graphs in memory: drop those too
             figures["edit"] = _time_edit(edit_job(artifact), store, _Clock(sync), cuda)
             out["from_cache"] = figures
     return out

@@ -108,14 +108,16 @@ def _versions() -> dict[str, str]:
             "transformers": transformers.__version__, "peft": peft.__version__}
 
 
-def _compile_cache() -> None:
-    """Inductor's kernels and graphs in tav's cache folder, for later runs; a folder the user set wins.
-
-    Inductor reads the variable when it first needs its cache, after this.
-    """
+def compile_cache_dir() -> Path:
+    """Where `--compile` keeps inductor's kernels and graphs: a folder the user set wins, else tav's cache."""
     import platformdirs
 
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(platformdirs.user_cache_dir("tav")) / "inductor"))
+    return Path(os.environ.get("TORCHINDUCTOR_CACHE_DIR") or Path(platformdirs.user_cache_dir("tav")) / "inductor")
+
+
+def _compile_cache() -> None:
+    """Point inductor at `compile_cache_dir()`, for later runs; it reads the variable at its first compile."""
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(compile_cache_dir())
 
 
 def _playback_fps(indices: tuple[int, ...], fps: float) -> float:

@@ -8,6 +8,7 @@ what compiling must not change: the numbers, the gradients, and that a step comp
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -127,8 +128,6 @@ def test_compile_flag_reaches_tuning_and_editing(tmp_path, monkeypatch, tiny_bas
     assert r.exit_code == 0, r.output
     artifact = json.loads(r.stdout)
     assert len(calls) == 1
-    import os
-
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "cache" / "tav" / "inductor")
     r = runner.invoke(app, ["show", artifact["id"], "--json"])
     assert json.loads(r.stdout)["tuning"]["compile"] is True
