@@ -1,11 +1,15 @@
-"""Where a tuning step and an inversion step spend GPU time (torch.profiler), on random SD v1.4 weights.
+"""Where a tuning step, an inversion call and a guided sampling call spend GPU time, by kernel family
+(torch.profiler, eager, no CUDA graphs), and where the first inversion step's seconds go; random SD v1.4
+weights, the same `tuning.tune` and `ddim.Denoiser` that `tav tune` and `tav edit` run.
 
-    python benchmarks/profile_step.py [--frames 8] [--size 512]
+    python benchmarks/profile_step.py [--frames 8] [--size 512] [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import re
 import time
 
 import numpy as np
@@ -14,43 +18,129 @@ from torch.profiler import ProfilerActivity, profile
 
 from tavcli.attention import video_forward
 from tavcli.bench import _base_folder
+from tavcli.ddim import Denoiser
 from tavcli.models import encode_frames, encode_prompts, load_base
-from tavcli.pipeline import TuneAVideo
-from tavcli.tuning import ClipLatents, TuneSettings, autocast_for, tune
+from tavcli.pipeline import TuneAVideo, _alphas_cumprod
+from tavcli.tuning import ClipLatents, TuneSettings, tune
+
+# Kernel families by name, first match wins (cuDNN, cuBLAS and PyTorch kernel names on Hopper).
+FAMILIES = [
+    ("attention", r"fmha|flash|attention|sdpa|cudnn_generated_fort_native_sdpa"),
+    ("layout NCHW<->NHWC", r"nchwToNhwc|nhwcToNchw|nchw2nhwc|nhwc2nchw"),
+    ("convolution", r"conv|fprop|dgrad|wgrad|implicit_gemm|xmma_.*(fprop|dgrad|wgrad)"),
+    ("matmul", r"gemm|nvjet|cutlass|sm90_xmma|xmma"),
+    ("group norm", r"group_norm|GroupNorm|RowwiseMoments|ComputeFused|ComputeBackwardFused|GammaBeta"),
+    ("layer norm", r"layer_norm|LayerNorm"),
+    ("softmax", r"softmax"),
+    ("reduce", r"reduce"),
+    ("optimizer", r"adam|Adam|multi_tensor|foreach"),
+    ("copy / cat", r"copy|cat|Cat|transpose"),
+    ("elementwise", r"elementwise|vectorized|unrolled|gelu|silu|Gelu|Silu"),
+]
+
+
+def family(name: str) -> str:
+    for fam, pattern in FAMILIES:
+        if re.search(pattern, name):
+            return fam
+    return "other"
+
+
+def kernel_table(prof, calls: int) -> dict:
+    """GPU time per call, in ms, by family, with each family's three largest kernels."""
+    fams: dict[str, dict] = {}
+    for evt in prof.key_averages():
+        us = getattr(evt, "self_device_time_total", None) or getattr(evt, "self_cuda_time_total", 0)
+        if not us or evt.key.startswith(("aten::", "cuda")):  # CPU-side events: their kernels are counted
+            continue
+        f = fams.setdefault(family(evt.key), {"ms": 0.0, "launches": 0, "top": []})
+        f["ms"] += us / 1000 / calls
+        f["launches"] += evt.count // calls
+        f["top"].append((round(us / 1000 / calls, 2), evt.key[:90]))
+    for f in fams.values():
+        f["ms"] = round(f["ms"], 2)
+        f["top"] = sorted(f["top"], reverse=True)[:3]
+    total = round(sum(f["ms"] for f in fams.values()), 1)
+    return {"gpu_ms": total, "families": dict(sorted(fams.items(), key=lambda kv: -kv[1]["ms"]))}
+
+
+def profiled(fn, calls: int) -> tuple[float, dict]:
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        t = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+        wall = (time.perf_counter() - t) / calls * 1000
+    return round(wall, 1), kernel_table(prof, calls)
+
+
+def timed(fn) -> float:
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    fn()
+    torch.cuda.synchronize()
+    return round(time.perf_counter() - t, 3)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--frames", type=int, default=8)
     ap.add_argument("--size", type=int, default=512)
-    ap.add_argument("--rows", type=int, default=30)
+    ap.add_argument("--json", default=None)
     args = ap.parse_args()
+    out: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "frames": args.frames}
     base = load_base(str(_base_folder(tiny=False)))
     tav = TuneAVideo.create(base)
     frames = np.random.default_rng(0).integers(0, 256, (args.frames, args.size, args.size, 3), dtype=np.uint8)
     mean, std = encode_frames(base, frames)
     clip = ClipLatents(mean, std, encode_prompts(base, ["a man is skiing"]))
-    from tavcli.pipeline import _alphas_cumprod
-
     alphas = _alphas_cumprod(base.scheduler_config)
-    tune(tav.unet, tav.params, clip, alphas, TuneSettings(steps=5))
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        t = time.perf_counter()
-        tune(tav.unet, tav.params, clip, alphas, TuneSettings(steps=3))
-        torch.cuda.synchronize()
-        wall = (time.perf_counter() - t) / 3
-    print(f"== tuning step: {wall * 1000:.1f} ms wall")
-    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=args.rows, max_name_column_width=70))
-    with torch.no_grad(), profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        t = time.perf_counter()
-        for _ in range(3):
-            with autocast_for(tav.unet):
-                video_forward(tav.unet, mean, 500, clip.text)
-        torch.cuda.synchronize()
-        wall = (time.perf_counter() - t) / 3
-    print(f"== inversion step (one UNet forward, {args.frames} frames): {wall * 1000:.1f} ms wall")
-    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=args.rows, max_name_column_width=70))
+
+    eager = TuneSettings(steps=3, cuda_graphs=False)
+    tune(tav.unet, tav.params, clip, alphas, eager)  # warm-up
+    wall, table = profiled(lambda: tune(tav.unet, tav.params, clip, alphas, TuneSettings(steps=1, cuda_graphs=False)), 3)
+    out["tuning_step"] = {"eager_wall_ms": wall, **table}
+    # The same step graph-replayed, for the wall time the kernels add up to once launches are gone.
+    stamps = []
+    tune(tav.unet, tav.params, clip, alphas, TuneSettings(steps=12),
+         callback=lambda i, loss: (torch.cuda.synchronize(), stamps.append(time.perf_counter())))
+    out["tuning_step"]["graph_wall_ms"] = round(float(np.median(np.diff(stamps[4:]))) * 1000, 1)
+
+    # The first inversion step in a process that has just tuned, part by part (what `tav tune` does next).
+    first = {"for_inference_s": timed(tav.for_inference)}
+    first["encode_frames_s"] = timed(lambda: encode_frames(base, frames))
+    first["encode_prompt_s"] = timed(lambda: encode_prompts(base, [""]))
+    empty = encode_prompts(base, [""])
+    with torch.no_grad():
+        first["first_eager_call_s"] = timed(lambda: video_forward(tav.unet, mean, 981, empty))
+        first["second_eager_call_s"] = timed(lambda: video_forward(tav.unet, mean, 961, empty))
+        denoise = Denoiser(tav.unet)
+        first["capture_s"] = timed(lambda: denoise(mean, 941, empty))  # two more warm-ups + the capture
+        first["replay_s"] = timed(lambda: denoise(mean, 921, empty))
+    out["inversion_first_step"] = first
+
+    with torch.no_grad():
+        wall, table = profiled(lambda: video_forward(tav.unet, mean, 500, empty), 3)
+        out["inversion_call"] = {"eager_wall_ms": wall, **table}
+        replays = [timed(lambda: denoise(mean, 500, empty)) for _ in range(10)]
+        out["inversion_call"]["graph_wall_ms"] = round(float(np.median(replays)) * 1000, 1)
+        x2, text2 = torch.cat([mean, mean]), torch.cat([empty, clip.text])
+        wall, table = profiled(lambda: video_forward(tav.unet, x2, 500, text2), 3)
+        out["cfg_call"] = {"eager_wall_ms": wall, **table}
+        denoise(x2, 500, text2)
+        replays = [timed(lambda: denoise(x2, 500, text2)) for _ in range(10)]
+        out["cfg_call"]["graph_wall_ms"] = round(float(np.median(replays)) * 1000, 1)
+
+    for part in ("tuning_step", "inversion_call", "cfg_call"):
+        p = out[part]
+        print(f"== {part}: GPU {p['gpu_ms']} ms, eager wall {p['eager_wall_ms']} ms, graph wall {p['graph_wall_ms']} ms")
+        for fam, f in p["families"].items():
+            print(f"   {fam:20s} {f['ms']:7.2f} ms  {f['launches']:5d} launches  {f['top'][0][1][:60]}")
+    print("== first inversion step:", json.dumps(first))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(out, fh, indent=1)
 
 
 if __name__ == "__main__":
