@@ -64,6 +64,26 @@ class Base:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
 
+@contextmanager
+def encoders_parked(base: Base) -> Iterator[None]:
+    """The VAE and text encoder on the CPU while only the UNet runs (tuning), back on their device after.
+
+    On a GPU their weights are 0.4 GiB that tuning never touches once the clip and caption are encoded;
+    the round trip costs a fraction of a second. On the CPU there is nowhere else to put them.
+    """
+    if base.device.type == "cpu":
+        yield
+        return
+    parts = (base.vae, base.text_encoder)
+    for part in parts:
+        part.to("cpu")
+    try:
+        yield
+    finally:
+        for part in parts:
+            part.to(base.device)
+
+
 def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -20,7 +20,7 @@ from torch import nn
 
 from . import adapters, compiling, ddim
 from .attention import inflate, set_attention_mode
-from .models import Base, decode_latents, encode_frames, encode_prompts
+from .models import Base, decode_latents, encode_frames, encode_prompts, encoders_parked
 from .tuning import ClipLatents, TuneSettings, tune
 
 
@@ -86,8 +86,9 @@ class TuneAVideo:
         mean, std = self.latents(frames)
         clip = ClipLatents(mean, std, encode_prompts(self.base, [caption]))
         alphas = _alphas_cumprod(self.base.scheduler_config)
-        return tune(self.unet, self.params, clip, alphas, settings,
-                    self.base.scheduler_config.get("prediction_type", "epsilon"), callback)
+        with encoders_parked(self.base):
+            return tune(self.unet, self.params, clip, alphas, settings,
+                        self.base.scheduler_config.get("prediction_type", "epsilon"), callback)
 
     def invert(self, frames: np.ndarray, steps: int = 50, callback: Callable[[int], None] | None = None,
                cuda_graphs: bool = True) -> torch.Tensor:

@@ -87,6 +87,48 @@ def test_clip_group_norm_pools_statistics_over_frames():
     assert (norm(x) - source(x)).abs().max() > 0.1  # and it is not per-frame GroupNorm
 
 
+def _five_d_group_norm(x, frames, groups, weight, bias, eps):
+    bf, c, h, w = x.shape
+    five_d = x.view(bf // frames, frames, c, h, w).permute(0, 2, 1, 3, 4)
+    y = torch.nn.functional.group_norm(five_d, groups, weight, bias, eps)
+    return y.permute(0, 2, 1, 3, 4).reshape(x.shape)
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_clip_group_norm_gradients_match_the_5d_reference(affine):
+    torch.manual_seed(3)
+    source = torch.nn.GroupNorm(4, 16, affine=affine).double()
+    if affine:
+        source.weight.data.normal_(1, 0.3)
+        source.bias.data.normal_(0, 0.3)
+    frames = 4
+    x = (torch.randn(2 * frames, 16, 3, 5, dtype=torch.float64) * 3 + 2).requires_grad_()
+    y = torch.randn_like(x)
+    got = ClipGroupNorm(source, ClipContext(frames=frames))(x)
+    grads = torch.autograd.grad((got * y).sum(), [x, *source.parameters()])
+    want = _five_d_group_norm(x, frames, 4, source.weight, source.bias, source.eps)
+    want_grads = torch.autograd.grad((want * y).sum(), [x, *source.parameters()])
+    torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-10)
+    for g, w in zip(grads, want_grads):
+        torch.testing.assert_close(g, w, atol=1e-10, rtol=1e-10)
+
+
+def test_clip_group_norm_in_bf16_stays_as_close_as_the_fused_kernel():
+    """bf16 in, bf16 out, channel means three std from zero: the error against an fp64 reference is that of
+    PyTorch's own fused group_norm (fp32 statistics and scale, one rounding), not that of bf16 statistics."""
+    torch.manual_seed(4)
+    source = torch.nn.GroupNorm(8, 32)
+    source.weight.data.normal_(1, 0.3)
+    source.bias.data.normal_(0, 0.3)
+    frames = 3
+    x = (torch.randn(frames, 32, 8, 8) * 2 + 6).bfloat16()
+    got = ClipGroupNorm(source.bfloat16(), ClipContext(frames=frames))(x).double()
+    ref = _five_d_group_norm(x.double(), frames, 8, source.weight.double(), source.bias.double(), source.eps)
+    fused = _five_d_group_norm(x, frames, 8, source.weight, source.bias, source.eps).double()
+    err, fused_err = (got - ref).norm() / ref.norm(), (fused - ref).norm() / ref.norm()
+    assert err < 1.1 * fused_err, (float(err), float(fused_err))
+
+
 def test_frame_mode_with_frame_norm_and_zero_temporal_is_the_stock_unet(tiny_unet):
     stock, video = tiny_unet(), inflate(tiny_unet(), attention="frame", norm="frame")
     for name, p in video.named_parameters():

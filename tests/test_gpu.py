@@ -1,0 +1,74 @@
+"""What only a CUDA GPU runs: bf16 kernels, CUDA-graph replay of tuning, encoders parked while tuning.
+
+Skipped where no CUDA GPU is visible (CI has none); run on a GPU machine with
+`python -m pytest tests/test_gpu.py` (docs/performance.md says when they last ran there).
+"""
+
+import numpy as np
+import pytest
+import torch
+
+from tavcli.adapters import AdapterSpec, attach
+from tavcli.attention import ClipContext, ClipGroupNorm, inflate
+from tavcli.tuning import ClipLatents, TuneSettings, tune
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def _five_d_group_norm(x, frames, groups, weight, bias, eps):
+    bf, c, h, w = x.shape
+    five_d = x.view(bf // frames, frames, c, h, w).permute(0, 2, 1, 3, 4)
+    y = torch.nn.functional.group_norm(five_d, groups, weight, bias, eps)
+    return y.permute(0, 2, 1, 3, 4).reshape(x.shape)
+
+
+def test_clip_group_norm_bf16_on_cuda_against_fp64():
+    torch.manual_seed(0)
+    source = torch.nn.GroupNorm(32, 320).cuda()
+    source.weight.data.normal_(1, 0.3)
+    source.bias.data.normal_(0, 0.3)
+    frames = 8
+    x = (torch.randn(frames, 320, 64, 64, device="cuda") * 2 + 6).bfloat16().requires_grad_()
+    grad = torch.randn_like(x)
+    norm = ClipGroupNorm(source.bfloat16(), ClipContext(frames=frames))
+    y = norm(x)
+    (dx,) = torch.autograd.grad(y, x, grad)
+    x64 = x.detach().double().requires_grad_()
+    ref = _five_d_group_norm(x64, frames, 32, source.weight.double(), source.bias.double(), source.eps)
+    (dref,) = torch.autograd.grad(ref, x64, grad.double())
+    fused = _five_d_group_norm(x.detach(), frames, 32, source.weight, source.bias, source.eps)
+    rel = lambda a, b: float((a.double() - b).norm() / b.norm())  # noqa: E731
+    assert rel(y, ref) <= 1.1 * rel(fused, ref), (rel(y, ref), rel(fused, ref))
+    assert rel(dx, dref) < 1e-2
+
+
+def test_tuning_with_cuda_graphs_follows_eager_and_parks_nothing_it_needs(tiny_unet):
+    """Graph-replayed steps (the default on a GPU) give the eager steps' losses, in bf16."""
+    g = torch.Generator().manual_seed(0)
+    clip = ClipLatents(torch.randn(1, 3, 4, 8, 8, generator=g).cuda(), 0.05 * torch.rand(1, 3, 4, 8, 8, generator=g).cuda(),
+                       torch.randn(1, 77, 32, generator=g).cuda())
+    from diffusers import DDPMScheduler
+
+    alphas = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012).alphas_cumprod
+    runs = {}
+    for graphs in (False, True):
+        unet = inflate(tiny_unet()).cuda().to(torch.bfloat16)
+        params = attach(unet, AdapterSpec("full"))
+        runs[graphs] = tune(unet, params, clip, alphas, TuneSettings(steps=8, lr=1e-4, cuda_graphs=graphs))
+    assert all(np.isfinite(runs[True]))
+    assert max(abs(a - b) for a, b in zip(runs[False], runs[True])) < 1e-2, runs
+
+
+def test_encoders_are_parked_on_the_cpu_while_tuning(tiny_base_dir):
+    from tavcli.models import load_base
+    from tavcli.pipeline import TuneAVideo
+
+    base = load_base(str(tiny_base_dir), device="cuda")
+    tav = TuneAVideo.create(base)
+    where = []
+    frames = np.random.default_rng(0).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
+    tav.tune(frames, "a clip", TuneSettings(steps=2),
+             callback=lambda i, loss: where.append((base.vae.device.type, base.text_encoder.device.type)))
+    assert where == [("cpu", "cpu")] * 2
+    assert (base.vae.device.type, base.text_encoder.device.type) == ("cuda", "cuda")
+    assert tav.invert(frames, steps=2).device.type == "cuda"  # and they work there again
