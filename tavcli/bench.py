@@ -38,14 +38,24 @@ class BenchSettings:
 class _Clock(jobs.Reporter):
     """Timestamps of every stage and step, taken after the GPU has finished the work before them."""
 
-    def __init__(self, sync):
-        self.sync = sync
+    def __init__(self, sync, cuda: bool = False):
+        self.sync, self.cuda = sync, cuda
         self.stages: list[tuple[str, float]] = []
         self.steps: dict[str, list[float]] = {}
+        self.peaks: dict[str, float] = {}  # GiB allocated at most during each stage (GPU)
 
     def stage(self, name: str, total: int | None = None) -> None:
         self.sync()
+        self.close()
         self.stages.append((name.split(" ")[0].rstrip(":"), time.perf_counter()))
+
+    def close(self) -> None:
+        """End the current stage's memory peak (the next one starts from what is allocated now)."""
+        if self.cuda and self.stages:
+            import torch
+
+            self.peaks[self.stages[-1][0]] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+            torch.cuda.reset_peak_memory_stats()
 
     def step(self, i: int, loss: float | None = None) -> None:
         self.sync()
@@ -87,6 +97,7 @@ def _time_tune(job: jobs.TuneJob, store: Store, clock: _Clock, cuda: bool) -> tu
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
     artifact = jobs.tune(job, store, clock)
+    clock.close()
     out: dict = {"tune_total_s": round(time.perf_counter() - started, 2)}
     steps = clock.steps.get("tuning", [])
     gaps = np.diff(steps[_WARMUP - 1:]) * 1000 if len(steps) > _WARMUP else [float("nan")]
@@ -104,7 +115,8 @@ def _time_tune(job: jobs.TuneJob, store: Store, clock: _Clock, cuda: bool) -> tu
     out["inversion_first_step_s"] = round(inv[0] - dict(clock.stages)["inverting"], 2) if inv else None
     out["save_s"] = round(clock.span("saving"), 2)
     if cuda:
-        out["tune_peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        out["tune_peak_gib"] = max(clock.peaks.values())
+        out["stage_peaks_gib"] = clock.peaks  # tuning: encoding the clip and caption, then the steps
     out["adapter_bytes"] = sum(f.stat().st_size for f in (artifact.path / "adapter").iterdir())
     return artifact, out
 
@@ -155,7 +167,7 @@ def run(settings: BenchSettings, reporter: jobs.Reporter = jobs.Reporter()) -> d
                                 out_dir=Path(tmp) / "out", device=settings.device)
 
         reporter.stage(f"tuning {settings.steps} steps on {out['device']}")
-        artifact, figures = _time_tune(tune_job, store, _Clock(sync), cuda)
+        artifact, figures = _time_tune(tune_job, store, _Clock(sync, cuda), cuda)
         out |= figures
         for attempt in ("cold", "warm"):
             reporter.stage(f"edit ({attempt})")
@@ -166,7 +178,7 @@ def run(settings: BenchSettings, reporter: jobs.Reporter = jobs.Reporter()) -> d
         if settings.compile:
             torch._dynamo.reset()  # the compiled code leaves memory; inductor's files on disk stay
             reporter.stage("tuning again, from the compile cache")
-            artifact, figures = _time_tune(tune_job, store, _Clock(sync), cuda)
+            artifact, figures = _time_tune(tune_job, store, _Clock(sync, cuda), cuda)
             reporter.stage("edit again, from the compile cache")
             torch._dynamo.reset()  # the tune's inversion compiled the sampling graphs in memory: drop those too
             figures["edit"] = _time_edit(edit_job(artifact), store, _Clock(sync), cuda)

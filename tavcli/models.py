@@ -19,7 +19,8 @@ from torch import nn
 DEFAULT_BASE = "CompVis/stable-diffusion-v1-4"
 LATENT_SCALE = 0.18215  # SD v1's VAE scaling factor (the paper's latents are 4 x H/8 x W/8)
 _COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
-_ENCODE_CHUNK = 8  # frames through the VAE encoder at once: bounds its activation memory at 512x512
+_ENCODE_CHUNK = 2  # frames through the VAE encoder at once: its 512x512x128 activations would else be
+# the peak of a `--low-memory` tune (8 frames at once: 5.27 GiB on an H200, docs/performance.md)
 _DECODE_CHUNK = 2  # the decoder's 512x512x128 activations are the peak of an edit: fewer frames at once
 _CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
 # What a single-file base needs from its config source: the weights come from the file.
