@@ -129,6 +129,23 @@ def test_clip_group_norm_in_bf16_stays_as_close_as_the_fused_kernel():
     assert err < 1.1 * fused_err, (float(err), float(fused_err))
 
 
+def test_clip_group_norm_bf16_gradient_is_the_fp32_gradient_rounded():
+    torch.manual_seed(5)
+    source = torch.nn.GroupNorm(8, 64)
+    source.weight.data.normal_(1, 0.3)
+    source.bias.data.normal_(0, 0.3)
+    frames = 4
+    x = (torch.randn(2 * frames, 64, 16, 16) * 2 + 6).bfloat16().requires_grad_()
+    grad = torch.randn_like(x)
+    (dx,) = torch.autograd.grad(ClipGroupNorm(source.bfloat16(), ClipContext(frames=frames))(x), x, grad)
+    x64 = x.detach().double().requires_grad_()
+    ref = _five_d_group_norm(x64, frames, 8, source.weight.double(), source.bias.double(), source.eps)
+    (want,) = torch.autograd.grad(ref, x64, grad.double())
+    rounded = want.bfloat16().double()  # the best a bf16 result can be
+    err, floor = (dx.double() - want).norm() / want.norm(), (rounded - want).norm() / want.norm()
+    assert err < 1.1 * floor, (float(err), float(floor))
+
+
 def test_frame_mode_with_frame_norm_and_zero_temporal_is_the_stock_unet(tiny_unet):
     stock, video = tiny_unet(), inflate(tiny_unet(), attention="frame", norm="frame")
     for name, p in video.named_parameters():
