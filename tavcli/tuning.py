@@ -75,9 +75,9 @@ class MasterWeights:
             p.data = m.data
 
 
-# Measured on an H100 with bf16 master weights (docs/performance.md: 10.91 GiB at 8 frames, 26.27 at 24):
-# activations of one 512x512 frame for backward, and what weights, optimizer state and workspace take
-# besides, rounded up.
+# Fitted on an H100 with bf16 master weights (10.91 GiB at 8 frames, 26.27 at 24), rounded up: activations
+# of one 512x512 frame for backward, and what weights, optimizer state and workspace take besides. Since
+# measured on an H200: 9.73 and 23.51 GiB (docs/performance.md), so these now leave more headroom.
 _GIB_PER_FRAME_512 = 1.0
 _GIB_FIXED = 3.5
 
