@@ -71,11 +71,17 @@ def test_sparse_causal_differs_from_per_frame_attention():
     assert (sparse[1:] - own[1:]).abs().max() > 1e-3
 
 
+def _random_group_norm(groups: int, channels: int, seed: int) -> torch.nn.GroupNorm:
+    """A GroupNorm with random affine weights (so a missed scale or shift shows), after seeding torch."""
+    torch.manual_seed(seed)
+    norm = torch.nn.GroupNorm(groups, channels)
+    norm.weight.data.normal_(1, 0.3)
+    norm.bias.data.normal_(0, 0.3)
+    return norm
+
+
 def test_clip_group_norm_pools_statistics_over_frames():
-    torch.manual_seed(0)
-    source = torch.nn.GroupNorm(4, 16)
-    source.weight.data.normal_(1, 0.3)
-    source.bias.data.normal_(0, 0.3)
+    source = _random_group_norm(4, 16, seed=0)
     frames = 3
     x = torch.randn(2 * frames, 16, 5, 7) * torch.arange(1, 7).view(-1, 1, 1, 1)  # per-frame scales differ
     norm = ClipGroupNorm(source, ClipContext(frames=frames))
@@ -116,10 +122,7 @@ def test_clip_group_norm_gradients_match_the_5d_reference(affine):
 def test_clip_group_norm_in_bf16_stays_as_close_as_the_fused_kernel():
     """bf16 in, bf16 out, channel means three std from zero: the error against an fp64 reference is that of
     PyTorch's own fused group_norm (fp32 statistics and scale, one rounding), not that of bf16 statistics."""
-    torch.manual_seed(4)
-    source = torch.nn.GroupNorm(8, 32)
-    source.weight.data.normal_(1, 0.3)
-    source.bias.data.normal_(0, 0.3)
+    source = _random_group_norm(8, 32, seed=4)
     frames = 3
     x = (torch.randn(frames, 32, 8, 8) * 2 + 6).bfloat16()
     got = ClipGroupNorm(source.bfloat16(), ClipContext(frames=frames))(x).double()
@@ -130,10 +133,7 @@ def test_clip_group_norm_in_bf16_stays_as_close_as_the_fused_kernel():
 
 
 def test_clip_group_norm_bf16_gradient_is_the_fp32_gradient_rounded():
-    torch.manual_seed(5)
-    source = torch.nn.GroupNorm(8, 64)
-    source.weight.data.normal_(1, 0.3)
-    source.bias.data.normal_(0, 0.3)
+    source = _random_group_norm(8, 64, seed=5)
     frames = 4
     x = (torch.randn(2 * frames, 64, 16, 16) * 2 + 6).bfloat16().requires_grad_()
     grad = torch.randn_like(x)
