@@ -221,7 +221,7 @@ class _ClipGroupNorm(torch.autograd.Function):
         rstd = (square - mean.square()).clamp_min(0).add(eps).rsqrt()
         w = _per_channel(weight, groups, acc)
         scale = rstd * w
-        shift = -mean * scale + (_per_channel(bias, groups, acc) if bias is not None else 0)
+        shift = _per_channel(bias, groups, acc, missing=0.0) - mean * scale
         y = torch.empty_like(x)
         torch.addcmul(shift, clip, scale, out=_clip_groups(y, frames, groups))  # fp32 math, one rounding
         ctx.save_for_backward(x, mean, rstd, w)
@@ -254,9 +254,10 @@ def _clip_groups(x: torch.Tensor, frames: int, groups: int) -> torch.Tensor:
     return x.view(bf // frames, frames, groups, c // groups, -1)
 
 
-def _per_channel(p: torch.Tensor | None, groups: int, dtype: torch.dtype) -> torch.Tensor:
+def _per_channel(p: torch.Tensor | None, groups: int, dtype: torch.dtype, missing: float = 1.0) -> torch.Tensor:
+    """A GroupNorm weight or bias as (1, 1, G, C/G, 1); a non-affine norm's as the scalar `missing`."""
     if p is None:
-        return torch.ones((), dtype=dtype)
+        return torch.full((), missing, dtype=dtype)
     return p.to(dtype).view(1, 1, groups, -1, 1)
 
 

@@ -38,11 +38,11 @@ class BenchSettings:
 class _Clock(jobs.Reporter):
     """Timestamps of every stage and step, taken after the GPU has finished the work before them."""
 
-    def __init__(self, sync, cuda: bool = False):
-        self.sync, self.cuda = sync, cuda
+    def __init__(self, sync, stage_peaks: bool = False):
+        self.sync, self.stage_peaks = sync, stage_peaks
         self.stages: list[tuple[str, float]] = []
         self.steps: dict[str, list[float]] = {}
-        self.peaks: dict[str, float] = {}  # GiB allocated at most during each stage (GPU)
+        self.peaks: dict[str, float] = {}  # with stage_peaks (GPU): GiB allocated at most in each stage
 
     def stage(self, name: str, total: int | None = None) -> None:
         self.sync()
@@ -51,7 +51,7 @@ class _Clock(jobs.Reporter):
 
     def close(self) -> None:
         """End the current stage's memory peak (the next one starts from what is allocated now)."""
-        if self.cuda and self.stages:
+        if self.stage_peaks and self.stages:
             import torch
 
             self.peaks[self.stages[-1][0]] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
@@ -167,7 +167,7 @@ def run(settings: BenchSettings, reporter: jobs.Reporter = jobs.Reporter()) -> d
                                 out_dir=Path(tmp) / "out", device=settings.device)
 
         reporter.stage(f"tuning {settings.steps} steps on {out['device']}")
-        artifact, figures = _time_tune(tune_job, store, _Clock(sync, cuda), cuda)
+        artifact, figures = _time_tune(tune_job, store, _Clock(sync, stage_peaks=cuda), cuda)
         out |= figures
         for attempt in ("cold", "warm"):
             reporter.stage(f"edit ({attempt})")
@@ -178,7 +178,7 @@ def run(settings: BenchSettings, reporter: jobs.Reporter = jobs.Reporter()) -> d
         if settings.compile:
             torch._dynamo.reset()  # the compiled code leaves memory; inductor's files on disk stay
             reporter.stage("tuning again, from the compile cache")
-            artifact, figures = _time_tune(tune_job, store, _Clock(sync, cuda), cuda)
+            artifact, figures = _time_tune(tune_job, store, _Clock(sync, stage_peaks=cuda), cuda)
             reporter.stage("edit again, from the compile cache")
             torch._dynamo.reset()  # the tune's inversion compiled the sampling graphs in memory: drop those too
             figures["edit"] = _time_edit(edit_job(artifact), store, _Clock(sync), cuda)
