@@ -13,11 +13,11 @@ import time
 import numpy as np
 import torch
 
-from tavcli.bench import _base_folder
-from tavcli.ddim import Denoiser
-from tavcli.models import encode_frames, encode_prompts, load_base
-from tavcli.pipeline import TuneAVideo, _alphas_cumprod
-from tavcli.tuning import ClipLatents, TuneSettings, tune
+from tavcli.faces.bench import _base_folder
+from tavcli.method.ddim import Denoiser
+from tavcli.method.models import encode_frames, encode_prompts, load_base
+from tavcli.method.pipeline import TuneAVideo, _alphas_cumprod
+from tavcli.method.tuning import ClipLatents, TuneSettings, tune
 
 
 def main() -> None:
@@ -25,7 +25,7 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=8)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--compile", action="store_true")
-    ap.add_argument("--regional", action="store_true", help="compile the repeated blocks only (tavcli.compiling)")
+    ap.add_argument("--regional", action="store_true", help="compile the repeated blocks only (tavcli.engine.compiling)")
     ap.add_argument("--mode", default=None)
     ap.add_argument("--sdpa", default=None, help="flash, cudnn, efficient or math: force one SDPA backend")
     args = ap.parse_args()
@@ -42,7 +42,7 @@ def main() -> None:
     if args.compile:
         tav.unet.compile(mode=args.mode)
     if args.regional:
-        from tavcli.compiling import compile_regions
+        from tavcli.engine.compiling import compile_regions
 
         out["regions"] = compile_regions(tav.unet, mode=args.mode)
     video = np.random.default_rng(0).integers(0, 256, (args.frames, 512, 512, 3), dtype=np.uint8)

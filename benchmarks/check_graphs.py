@@ -11,10 +11,10 @@ import time
 
 import torch
 
-from tavcli.bench import _base_folder
-from tavcli.ddim import Denoiser
-from tavcli.models import load_base
-from tavcli.pipeline import TuneAVideo
+from tavcli.faces.bench import _base_folder
+from tavcli.method.ddim import Denoiser
+from tavcli.method.models import load_base
+from tavcli.method.pipeline import TuneAVideo
 
 
 def timed(fn, n: int) -> float:

@@ -18,10 +18,10 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from tavcli import ddim
-from tavcli.bench import _base_folder
-from tavcli.models import encode_prompts, load_base
-from tavcli.pipeline import TuneAVideo
-from tavcli.tuning import TuneSettings
+from tavcli.faces.bench import _base_folder
+from tavcli.method.models import encode_prompts, load_base
+from tavcli.method.pipeline import TuneAVideo
+from tavcli.method.tuning import TuneSettings
 
 BACKENDS = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
             "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}

@@ -12,10 +12,10 @@ import time
 import numpy as np
 import torch
 
-from tavcli.bench import _base_folder
-from tavcli.models import encode_frames, encode_prompts, load_base
-from tavcli.pipeline import TuneAVideo, _alphas_cumprod
-from tavcli.tuning import ClipLatents, TuneSettings, tune
+from tavcli.faces.bench import _base_folder
+from tavcli.method.models import encode_frames, encode_prompts, load_base
+from tavcli.method.pipeline import TuneAVideo, _alphas_cumprod
+from tavcli.method.tuning import ClipLatents, TuneSettings, tune
 
 
 def run(graphs: bool, frames: int, steps: int) -> tuple[list[float], torch.Tensor, float, float]:

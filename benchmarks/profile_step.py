@@ -16,12 +16,12 @@ import numpy as np
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from tavcli.attention import video_forward
-from tavcli.bench import _base_folder
-from tavcli.ddim import Denoiser
-from tavcli.models import encode_frames, encode_prompts, load_base
-from tavcli.pipeline import TuneAVideo, _alphas_cumprod
-from tavcli.tuning import ClipLatents, TuneSettings, tune
+from tavcli.method.attention import video_forward
+from tavcli.faces.bench import _base_folder
+from tavcli.method.ddim import Denoiser
+from tavcli.method.models import encode_frames, encode_prompts, load_base
+from tavcli.method.pipeline import TuneAVideo, _alphas_cumprod
+from tavcli.method.tuning import ClipLatents, TuneSettings, tune
 
 # Kernel families by name, first match wins (cuDNN, cuBLAS and PyTorch kernel names on Hopper).
 FAMILIES = [

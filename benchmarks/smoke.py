@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tavcli.adapters import AdapterSpec
-from tavcli.ddim import EditSettings
-from tavcli.models import load_base
-from tavcli.pipeline import TuneAVideo
-from tavcli.random_base import save_random_base
-from tavcli.tuning import TuneSettings
+from tavcli.method.adapters import AdapterSpec
+from tavcli.method.ddim import EditSettings
+from tavcli.method.models import load_base
+from tavcli.method.pipeline import TuneAVideo
+from tavcli.method.random_base import save_random_base
+from tavcli.method.tuning import TuneSettings
 
 
 def sync() -> None:

@@ -1,3 +1,3 @@
-from .cli import app
+from tavcli.faces.cli import app
 
 app(prog_name="tav")

@@ -29,7 +29,7 @@ def tiny_unet():
 @pytest.fixture(scope="session")
 def tiny_base_dir(tmp_path_factory):
     """A tiny random SD v1-shaped diffusers folder, built once per test run."""
-    from tavcli.random_base import save_random_base
+    from tavcli.method.random_base import save_random_base
 
     return save_random_base(tmp_path_factory.mktemp("bases") / "tiny-sd", arch="tiny", seed=0)
 
@@ -37,6 +37,6 @@ def tiny_base_dir(tmp_path_factory):
 @pytest.fixture
 def tiny_base(tiny_base_dir):
     """A freshly loaded tiny base (its UNet gets inflated by the test, so never shared)."""
-    from tavcli.models import load_base
+    from tavcli.method.models import load_base
 
     return load_base(str(tiny_base_dir), device="cpu")

@@ -5,11 +5,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tavcli.adapters import CONFIG_NAME, WEIGHTS_NAME, AdapterError, AdapterSpec, load_adapter, read_spec
-from tavcli.attention import inflate, video_forward
-from tavcli.models import load_base
-from tavcli.pipeline import TuneAVideo
-from tavcli.tuning import TuneSettings
+from tavcli.method.adapters import CONFIG_NAME, WEIGHTS_NAME, AdapterError, AdapterSpec, load_adapter, read_spec
+from tavcli.method.attention import inflate, video_forward
+from tavcli.method.models import load_base
+from tavcli.method.pipeline import TuneAVideo
+from tavcli.method.tuning import TuneSettings
 
 
 def frames(n=4, size=64, seed=0) -> np.ndarray:
@@ -96,7 +96,7 @@ def test_malformed_adapter_folders_give_adapter_errors(tmp_path, tiny_unet):
 
 
 def test_generate_shapes_and_seeds(tiny_base):
-    from tavcli.ddim import EditSettings
+    from tavcli.method.ddim import EditSettings
 
     tav = TuneAVideo.create(tiny_base)
     clip = frames(3)

@@ -1,4 +1,4 @@
-"""The video UNet against references written here, independently of tavcli.attention's code paths."""
+"""The video UNet against references written here, independently of tavcli.method.attention's code paths."""
 
 import math
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from diffusers.models.attention_processor import Attention
 
-from tavcli.attention import (ATTENTION_MODES, ClipContext, ClipGroupNorm, FrameAttnProcessor, inflate, key_frames,
+from tavcli.method.attention import (ATTENTION_MODES, ClipContext, ClipGroupNorm, FrameAttnProcessor, inflate, key_frames,
                               source_frames, video_forward)
 
 

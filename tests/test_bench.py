@@ -3,7 +3,7 @@ import json
 from typer.testing import CliRunner
 
 from tavcli import jobs
-from tavcli.cli import app
+from tavcli.faces.cli import app
 
 
 def test_tiny_bench_times_the_jobs_users_run(tmp_path, monkeypatch):
@@ -28,7 +28,7 @@ def test_tiny_bench_times_the_jobs_users_run(tmp_path, monkeypatch):
 
 
 def test_tiny_bench_with_compile_times_a_second_pass_from_the_cache(tmp_path, monkeypatch):
-    import tavcli.compiling
+    import tavcli.engine.compiling
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
@@ -37,9 +37,9 @@ def test_tiny_bench_with_compile_times_a_second_pass_from_the_cache(tmp_path, mo
         real = getattr(jobs, name)
         monkeypatch.setattr(jobs, name, lambda *a, _real=real, _name=name, **k: calls.append(_name) or _real(*a, **k))
     compiled = []
-    real_compile = tavcli.compiling.compile_regions
+    real_compile = tavcli.engine.compiling.compile_regions
     # dynamo traces as on a GPU; aot_eager skips inductor's C++ build, minutes on this machine
-    monkeypatch.setattr(tavcli.compiling, "compile_regions",
+    monkeypatch.setattr(tavcli.engine.compiling, "compile_regions",
                         lambda unet, **k: compiled.append(1) or real_compile(unet, **k | {"backend": "aot_eager"}))
     result = CliRunner().invoke(app, ["bench", "--tiny", "--frames", "4", "--size", "64", "--steps", "5",
                                       "--edit-steps", "2", "--device", "cpu", "--compile", "--json"])

@@ -34,9 +34,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from tavcli import __version__
-from tavcli.cli import app
-from tavcli.store import SCHEMA, Store, _canonical, _content_id
-from tavcli.video import FrameSampling, read_video
+from tavcli.faces.cli import app
+from tavcli.app.store import SCHEMA, Store, _canonical, _content_id
+from tavcli.method.video import FrameSampling, read_video
 
 TAV = shutil.which("tav", path=str(Path(sys.executable).parent)) or shutil.which("tav") or "tav"
 TUNE = ("--frames", "4", "--size", "64", "--steps", "2")
@@ -734,7 +734,7 @@ def test_two_concurrent_edits(home, tmp_path):
 
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory) -> Path:
-    from tavcli.random_base import save_random_clip
+    from tavcli.method.random_base import save_random_clip
 
     return save_random_clip(tmp_path_factory.mktemp("clip") / "tiny-clip")
 
@@ -789,7 +789,7 @@ def test_malformed_config_is_one_line_with_its_line_number(cli, empty_home, tmp_
 
 
 def test_score_a_video_and_an_artifacts_edits(cli, home, tmp_path, clip_dir):
-    from tavcli.metrics import Scorer
+    from tavcli.method.metrics import Scorer
 
     r = cli("edit", "slide", "a blue square", *EDIT, "--out-dir", tmp_path, "--score", "--clip", clip_dir)
     assert r.code == 0, r.stderr

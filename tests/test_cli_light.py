@@ -12,7 +12,7 @@ import pytest
 PROBE = """
 import json, sys
 from typer.testing import CliRunner
-from tavcli.cli import app
+from tavcli.faces.cli import app
 r = CliRunner().invoke(app, sys.argv[1:])
 heavy = sorted(m for m in ("torch", "diffusers", "transformers", "peft") if m in sys.modules)
 print(json.dumps({"code": r.exit_code, "stdout": r.stdout, "heavy": heavy}))
@@ -38,8 +38,8 @@ def home_with_artifact(tmp_path_factory, tiny_base_dir):
     import numpy as np
     from typer.testing import CliRunner
 
-    from tavcli.cli import app
-    from tavcli.video import write_video
+    from tavcli.faces.cli import app
+    from tavcli.method.video import write_video
 
     root = tmp_path_factory.mktemp("light")
     video = write_video(root / "clip.mp4", np.random.default_rng(0).integers(0, 256, (4, 64, 64, 3), np.uint8))

@@ -22,11 +22,11 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from tavcli.attention import inflate
-from tavcli.models import fingerprint, load_base
-from tavcli.official import official_keys, official_unet_config
-from tavcli.store import Store
-from tavcli.video import write_video
+from tavcli.method.attention import inflate
+from tavcli.method.models import fingerprint, load_base
+from tavcli.app.official import official_keys, official_unet_config
+from tavcli.app.store import Store
+from tavcli.method.video import write_video
 from tests.test_cli import (SHORT_ID, _invoke, assert_error, assert_video, cli, mp4_frames,  # noqa: F401 (cli)
                             run_subprocess, store_state, tmp_leftovers)
 from tests.test_official import TUNED, Evil, official_state_from
@@ -127,7 +127,7 @@ def write_run(folder: Path, state: dict, config: dict, base: Path | str) -> Path
 @pytest.fixture(scope="module")
 def other_base(tmp_path_factory) -> Path:
     """A second tiny base: the same architecture, other random weights."""
-    from tavcli.random_base import save_random_base
+    from tavcli.method.random_base import save_random_base
 
     return save_random_base(tmp_path_factory.mktemp("other") / "tiny-sd-1", arch="tiny", seed=1)
 
@@ -285,16 +285,16 @@ def test_import_official_malicious_bin_is_never_unpickled(cli, empty_home, tmp_p
 
 def test_import_official_name_taken_fails_before_any_work(cli, empty_home, tmp_path, official, tiny_base_dir,
                                                           monkeypatch):
-    import tavcli.models
-    import tavcli.official
+    import tavcli.method.models
+    import tavcli.app.official
 
     state, config = official
     run = write_run(tmp_path / "run", state, config, tiny_base_dir)
     assert cli("import-official", run, "--name", "taken", "-q").code == 0
     before = store_state(empty_home)
     work = []
-    monkeypatch.setattr(tavcli.official, "read_official", lambda *a, **k: work.append("read"))
-    monkeypatch.setattr(tavcli.models, "load_base", lambda *a, **k: work.append("load"))
+    monkeypatch.setattr(tavcli.app.official, "read_official", lambda *a, **k: work.append("read"))
+    monkeypatch.setattr(tavcli.method.models, "load_base", lambda *a, **k: work.append("load"))
     assert_error(cli("import-official", run, "--name", "taken"), 2, "taken")  # no "tav: reading" line either
     assert work == []
     assert store_state(empty_home) == before and tmp_leftovers(empty_home) == []
@@ -351,17 +351,17 @@ def workdir(tmp_path, tiny_base_dir, ldm_file, clip_mp4) -> Path:
 @pytest.fixture
 def hashed(monkeypatch) -> list[str]:
     """The files tav hashes whole (jobs.sha256_file), in order."""
-    import tavcli.jobs
+    import tavcli.app.jobs
 
     calls: list[str] = []
-    real = tavcli.jobs.sha256_file
-    monkeypatch.setattr(tavcli.jobs, "sha256_file", lambda path: calls.append(Path(path).name) or real(path))
+    real = tavcli.app.jobs.sha256_file
+    monkeypatch.setattr(tavcli.app.jobs, "sha256_file", lambda path: calls.append(Path(path).name) or real(path))
     return calls
 
 
 def test_single_file_base_tune_edit_and_its_identity(cli, empty_home, workdir, tmp_path, monkeypatch, hashed,
                                                      offline_cache):
-    import tavcli.models
+    import tavcli.method.models
 
     ckpt = workdir / "tiny.safetensors"
     digest = hashlib.sha256(ckpt.read_bytes()).hexdigest()
@@ -383,7 +383,7 @@ def test_single_file_base_tune_edit_and_its_identity(cli, empty_home, workdir, t
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
-    monkeypatch.setattr(tavcli.models, "_default_config_folder",
+    monkeypatch.setattr(tavcli.method.models, "_default_config_folder",
                         lambda *a: pytest.fail("the default SD1.x config repo was looked up"))
     out = tmp_path / "out"
     first = None

@@ -16,11 +16,11 @@ import torch
 from diffusers.models.resnet import ResnetBlock2D
 from diffusers.models.transformers.transformer_2d import Transformer2DModel
 
-from tavcli.attention import inflate, video_forward
-from tavcli.compiling import compile_regions
-from tavcli.models import encode_frames, encode_prompts
-from tavcli.pipeline import TuneAVideo, _alphas_cumprod
-from tavcli.tuning import ClipLatents, TuneSettings, tune
+from tavcli.method.attention import inflate, video_forward
+from tavcli.engine.compiling import compile_regions
+from tavcli.method.models import encode_frames, encode_prompts
+from tavcli.method.pipeline import TuneAVideo, _alphas_cumprod
+from tavcli.method.tuning import ClipLatents, TuneSettings, tune
 
 
 @pytest.fixture(autouse=True)
@@ -90,7 +90,7 @@ def _tune(base, clip, steps: int, compiled: bool, graphs_after: list[int] | None
 
 
 def test_compiled_tuning_trains_the_same_parameters_to_the_same_losses(tiny_base_dir, clip):
-    from tavcli.models import load_base
+    from tavcli.method.models import load_base
 
     eager_losses, eager_grads = _tune(load_base(str(tiny_base_dir), device="cpu"), clip, 3, compiled=False)
     graphs: list[int] = []
@@ -108,15 +108,15 @@ def test_compiled_tuning_trains_the_same_parameters_to_the_same_losses(tiny_base
 
 def test_compile_flag_reaches_tuning_and_editing(tmp_path, monkeypatch, tiny_base_dir):
     """`tav tune --compile` and `tav edit --compile`: regions compiled, the setting recorded, the cache in tav's."""
-    import tavcli.compiling
+    import tavcli.engine.compiling
     from typer.testing import CliRunner
 
-    from tavcli.cli import app
-    from tavcli.video import write_video
+    from tavcli.faces.cli import app
+    from tavcli.method.video import write_video
 
     calls = []
-    real = tavcli.compiling.compile_regions
-    monkeypatch.setattr(tavcli.compiling, "compile_regions",
+    real = tavcli.engine.compiling.compile_regions
+    monkeypatch.setattr(tavcli.engine.compiling, "compile_regions",
                         lambda unet, **k: calls.append(k) or real(unet, **k | {"backend": "aot_eager"}))
     monkeypatch.setenv("TAV_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))

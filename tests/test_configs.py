@@ -1,4 +1,4 @@
-"""Tests for tavcli.configs: the official Tune-A-Video YAML and tav's own, overrides, and bad files."""
+"""Tests for tavcli.app.configs: the official Tune-A-Video YAML and tav's own, overrides, and bad files."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tavcli.configs import ConfigError, LoadedConfig, apply_overrides, load_config
+from tavcli.app.configs import ConfigError, LoadedConfig, apply_overrides, load_config
 
 MAN_SKIING = """\
 pretrained_model_path: "./checkpoints/stable-diffusion-v1-4"
@@ -432,5 +432,5 @@ def test_not_a_config(tmp_path):
 
 
 def test_importing_configs_does_not_import_torch():
-    code = "import sys, tavcli.configs; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, tavcli.app.configs; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from tavcli.attention import inflate, video_forward
-from tavcli.ddim import ddim_schedule, ddim_step, invert, sample
-from tavcli.random_base import SD_V1_SCHEDULER
+from tavcli.method.attention import inflate, video_forward
+from tavcli.method.ddim import ddim_schedule, ddim_step, invert, sample
+from tavcli.method.random_base import SD_V1_SCHEDULER
 
 
 def test_schedule_is_sd_ddim_with_50_steps():

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from tavcli.adapters import AdapterSpec, attach
-from tavcli.attention import ClipContext, ClipGroupNorm, inflate
-from tavcli.tuning import ClipLatents, TuneSettings, tune
+from tavcli.method.adapters import AdapterSpec, attach
+from tavcli.method.attention import ClipContext, ClipGroupNorm, inflate
+from tavcli.method.tuning import ClipLatents, TuneSettings, tune
 
 from tests.test_attention import _five_d_group_norm
 
@@ -55,8 +55,8 @@ def test_tuning_with_cuda_graphs_follows_eager_in_bf16(tiny_unet):
 
 
 def test_encoders_are_parked_on_the_cpu_while_tuning(tiny_base_dir):
-    from tavcli.models import load_base
-    from tavcli.pipeline import TuneAVideo
+    from tavcli.method.models import load_base
+    from tavcli.method.pipeline import TuneAVideo
 
     base = load_base(str(tiny_base_dir), device="cuda")
     tav = TuneAVideo.create(base)

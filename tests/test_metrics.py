@@ -2,7 +2,7 @@
 
 The reference preprocesses frames by hand (PIL bicubic resize of the shortest side, centre crop, CLIP mean/std),
 runs the vision/text towers and projections directly, and applies the formulas with explicit Python loops over
-frames and pairs, in float64 from the unnormalised features. Nothing in it goes through tavcli.metrics.
+frames and pairs, in float64 from the unnormalised features. Nothing in it goes through tavcli.method.metrics.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tavcli.metrics import DEFAULT_CLIP, MetricsError, Scorer
+from tavcli.method.metrics import DEFAULT_CLIP, MetricsError, Scorer
 
 SIZE = 32  # the tiny CLIP's input resolution (shortest_edge and crop)
 MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP's, written out so the reference does not read them back
@@ -38,7 +38,7 @@ def _image_processor(**kwargs):
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory) -> Path:
     """A tiny random CLIP folder (model, tokenizer, image processor) written with save_pretrained."""
-    from tavcli.random_base import save_random_clip
+    from tavcli.method.random_base import save_random_clip
 
     return save_random_clip(tmp_path_factory.mktemp("clip") / "tiny-clip", image_size=SIZE)
 
@@ -246,7 +246,7 @@ def test_hub_id_not_cached_offline(tmp_path):
     """A subprocess, so HF_HUB_OFFLINE and an empty cache apply from import (huggingface_hub reads them once)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
     env.pop("HF_HUB_CACHE", None)
-    code = ("from tavcli.metrics import Scorer, MetricsError\n"
+    code = ("from tavcli.method.metrics import Scorer, MetricsError\n"
             "try:\n    Scorer.load()\nexcept MetricsError as e:\n    print('ERR', e)\n")
     run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
                          cwd=Path(__file__).resolve().parents[1])
@@ -257,7 +257,7 @@ def test_hub_id_not_cached_offline(tmp_path):
 
 def test_no_torchvision_warning(clip_dir):
     """Loading must not print transformers' 'requires torchvision ... falling back' warning."""
-    code = f"from tavcli.metrics import Scorer\nScorer.load({str(clip_dir)!r})\nprint('ok')\n"
+    code = f"from tavcli.method.metrics import Scorer\nScorer.load({str(clip_dir)!r})\nprint('ok')\n"
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          cwd=Path(__file__).resolve().parents[1])
     assert run.stdout.strip() == "ok", run.stderr

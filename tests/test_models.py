@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from tavcli.models import (BaseModelError, decode_latents, encode_frames, encode_prompts, fingerprint, load_base,
+from tavcli.method.models import (BaseModelError, decode_latents, encode_frames, encode_prompts, fingerprint, load_base,
                            locate_base, resolve_device, resolve_dtype)
 
 

@@ -2,7 +2,7 @@
 
 The reference below follows showlab/Tune-A-Video's tuneavideo/models/{unet,unet_blocks,attention,resnet}.py
 with plain torch ops over the official state dict and (b, c, f, h, w) videos; it shares no code with
-tavcli.attention.
+tavcli.method.attention.
 """
 
 import json
@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from tavcli.adapters import AdapterSpec, adapter_state, attach, load_adapter, save_adapter
-from tavcli.attention import inflate, video_forward
-from tavcli.models import load_base
-from tavcli.official import (
+from tavcli.method.adapters import AdapterSpec, adapter_state, attach, load_adapter, save_adapter
+from tavcli.method.attention import inflate, video_forward
+from tavcli.method.models import load_base
+from tavcli.app.official import (
     OfficialError,
     official_keys,
     official_state,
@@ -241,7 +241,7 @@ def test_folders_that_are_not_official_runs_are_refused(tmp_path):
 def test_official_layout_and_config_for_a_stock_unet():
     from diffusers import UNet2DConditionModel
 
-    from tavcli.random_base import SD_V1_UNET
+    from tavcli.method.random_base import SD_V1_UNET
 
     unet = inflate(make_tiny_unet())
     assert official_keys(TINY_UNET) == set(unet.state_dict())

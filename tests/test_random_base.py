@@ -1,4 +1,4 @@
-"""Tests for tavcli.random_base: random SD-v1-shaped base folders."""
+"""Tests for tavcli.method.random_base: random SD-v1-shaped base folders."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from diffusers import (
 from safetensors.torch import load_file
 from transformers import AutoTokenizer, CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from tavcli.random_base import (
+from tavcli.method.random_base import (
     ARCHES,
     SD_V1_SCHEDULER,
     SD_V1_TEXT,

@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from tavcli.models import (BaseModelError, base_identity, fingerprint, load_base, matches_identity, read_checkpoint,
+from tavcli.method.models import (BaseModelError, base_identity, fingerprint, load_base, matches_identity, read_checkpoint,
                            sha256_file)
 
 SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # the config repo diffusers picks for an SD1.x checkpoint

@@ -18,7 +18,7 @@ from pathlib import Path
 import platformdirs
 import pytest
 
-from tavcli.store import (SCHEMA, AmbiguousRefError, Artifact, CorruptArtifactError, ExportError, NotFoundError,
+from tavcli.app.store import (SCHEMA, AmbiguousRefError, Artifact, CorruptArtifactError, ExportError, NotFoundError,
                           Store, StoreError, default_root)
 
 FILES = {
@@ -480,7 +480,7 @@ def test_stale_tmp_is_cleaned_at_open_and_fresh_or_live_stages_are_kept(tmp_path
 
 
 def test_the_store_imports_no_torch_typer_or_rich():
-    code = "import sys, tavcli.store; print(sorted({'torch', 'typer', 'rich'} & set(sys.modules)))"
+    code = "import sys, tavcli.app.store; print(sorted({'torch', 'typer', 'rich'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[1])
     assert out.stdout.strip() == "[]"

@@ -5,9 +5,9 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DConditionModel
 
-from tavcli.adapters import AdapterSpec, attach
-from tavcli.attention import inflate, video_forward
-from tavcli.tuning import ClipLatents, TuneSettings, tune
+from tavcli.method.adapters import AdapterSpec, attach
+from tavcli.method.attention import inflate, video_forward
+from tavcli.method.tuning import ClipLatents, TuneSettings, tune
 
 SD14_UNET = dict(
     sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, cross_attention_dim=768,

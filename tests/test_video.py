@@ -1,4 +1,4 @@
-"""Tests for tavcli.video: sampling, reading, resizing and writing clips.
+"""Tests for tavcli.method.video: sampling, reading, resizing and writing clips.
 
 Sources are built inside each test with PyAV / Pillow so colours are known exactly; H.264 is
 lossy, so colours read back from an mp4 are compared with a tolerance on flat regions.
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tavcli.video import Clip, FrameSampling, VideoError, read_video, resize_frames, sample_indices, write_video
+from tavcli.method.video import Clip, FrameSampling, VideoError, read_video, resize_frames, sample_indices, write_video
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)

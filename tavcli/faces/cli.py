@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from . import __version__
+from tavcli import __version__
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -52,12 +52,12 @@ def _stderr() -> Console:
 
 
 def _exit_code(error: BaseException) -> int:
-    from .store import CorruptArtifactError, NotFoundError, StoreError
+    from tavcli.app.store import CorruptArtifactError, NotFoundError, StoreError
 
     # The method modules' errors (JobError, VideoError, ConfigError, BaseModelError, ...) are ValueErrors:
     # bad input. Only adapters' need a closer look, and a module not imported raised none of its errors:
     # importing it here would cost a store command's error seconds of loading torch.
-    adapters = sys.modules.get("tavcli.adapters")
+    adapters = sys.modules.get("tavcli.method.adapters")
     if isinstance(error, NotFoundError):
         return EXIT_NOT_FOUND
     if adapters and isinstance(error, adapters.AdapterSpecError):
@@ -140,7 +140,7 @@ class _Progress:
 
 
 def _store():
-    from .store import Store
+    from tavcli.app.store import Store
 
     return Store()
 
@@ -215,10 +215,10 @@ def tune(
     quiet: bool = typer.Option(False, "-q", "--quiet", help="Only the id on stdout, nothing on stderr."),
 ) -> None:
     """Tune on one clip; store the adapter and the clip's inversion; print the artifact's id."""
-    from .configs import LoadedConfig, apply_overrides, load_config
-    from .jobs import EditJob, JobError, TuneJob
-    from .jobs import edit as run_edit
-    from .jobs import tune as run_tune
+    from tavcli.app.configs import LoadedConfig, apply_overrides, load_config
+    from tavcli.app.jobs import EditJob, JobError, TuneJob
+    from tavcli.app.jobs import edit as run_edit
+    from tavcli.app.jobs import tune as run_tune
 
     if config is None and (video is None or prompt is None):
         raise JobError("give VIDEO and PROMPT (e.g. tav tune clip.mp4 \"a man is skiing\"), or --config FILE.yaml")
@@ -256,7 +256,7 @@ def _read_prompts(prompts: list[str] | None, prompts_file: str | None) -> list[s
         text = sys.stdin.read() if prompts_file == "-" else Path(prompts_file).read_text()
         found += [line.strip() for line in text.splitlines() if line.strip()]
     if not found:
-        from .jobs import JobError
+        from tavcli.app.jobs import JobError
 
         raise JobError("no prompt given; pass one or more prompts, or --prompts-file FILE ('-' for stdin)")
     return found
@@ -294,9 +294,9 @@ def edit(
 ) -> None:
     """Edit the tuned clip with new prompts; print each written path (with --score: path, CLIP score,
     frame consistency, tab-separated)."""
-    from .ddim import EditSettings
-    from .jobs import EditJob
-    from .jobs import edit as run_edit
+    from tavcli.method.ddim import EditSettings
+    from tavcli.app.jobs import EditJob
+    from tavcli.app.jobs import edit as run_edit
 
     job = EditJob(
         ref=ref, prompts=_read_prompts(prompts, prompts_file),
@@ -331,8 +331,8 @@ def score(
 
     Prints one line per video: path, CLIP score, frame consistency (tab-separated).
     """
-    from .jobs import ScoreJob
-    from .jobs import score as run_score
+    from tavcli.app.jobs import ScoreJob
+    from tavcli.app.jobs import score as run_score
 
     with _Progress(quiet=False) as progress:
         rows = run_score(ScoreJob(target, prompt, clip, device), _store(), progress)
@@ -413,12 +413,12 @@ def export(
     quiet: bool = typer.Option(False, "-q", "--quiet", help="Nothing on stderr."),
 ) -> None:
     """Write an artifact as one portable .tav file, its adapter as a PEFT folder, or an official pipeline folder."""
-    from .store import ExportError
+    from tavcli.app.store import ExportError
 
     store = _store()
     artifact = store.resolve(ref)
     if fmt == "official":
-        from .jobs import export_official
+        from tavcli.app.jobs import export_official
 
         with _Progress(quiet) as progress:
             typer.echo(str(export_official(artifact.id, dest, store, base, base_config, force, progress)))
@@ -460,8 +460,8 @@ def import_official(
     quiet: bool = typer.Option(False, "-q", "--quiet", help="Only the id on stdout, nothing on stderr."),
 ) -> None:
     """Turn an official Tune-A-Video tuned model into a tav artifact (a `full` adapter); print its id."""
-    from .jobs import ImportOfficialJob
-    from .jobs import import_official as run_import
+    from tavcli.app.jobs import ImportOfficialJob
+    from tavcli.app.jobs import import_official as run_import
 
     with _Progress(quiet) as progress:
         artifact = run_import(ImportOfficialJob(folder, base, base_config, name, prompt), _store(), progress)
@@ -510,7 +510,7 @@ def bench(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Time a whole tune and edit on random SD v1.4-sized weights (no download), as `tav tune`/`edit` run."""
-    from .bench import BenchSettings, run
+    from tavcli.faces.bench import BenchSettings, run
 
     with _Progress(quiet=False) as progress:
         result = run(BenchSettings(frames, size, steps, edit_steps, device, tiny, low_memory, compile_), progress)

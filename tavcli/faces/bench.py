@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import jobs
-from .ddim import EditSettings
-from .store import Artifact, Store
-from .tuning import TuneSettings
-from .video import FrameSampling, write_video
+from tavcli.app import jobs
+from tavcli.method.ddim import EditSettings
+from tavcli.app.store import Artifact, Store
+from tavcli.method.tuning import TuneSettings
+from tavcli.method.video import FrameSampling, write_video
 
 _WARMUP = 3  # tuning steps left out of the median: allocator, cuDNN autotuning, lazy inits
 
@@ -72,7 +72,7 @@ def _base_folder(tiny: bool) -> Path:
     import platformdirs
     import torch
 
-    from .random_base import save_random_base
+    from tavcli.method.random_base import save_random_base
 
     arch = "tiny" if tiny else "sd-v1"
     folder = Path(platformdirs.user_cache_dir("tav")) / "bench" / arch
@@ -140,7 +140,7 @@ def run(settings: BenchSettings, reporter: jobs.Reporter = jobs.Reporter()) -> d
     would a later `tav tune --compile` or `tav edit --compile`."""
     import torch
 
-    from .models import resolve_device
+    from tavcli.method.models import resolve_device
 
     device = resolve_device(settings.device)
     cuda = device.type == "cuda"

@@ -27,7 +27,7 @@ from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from diffusers.models.resnet import ResnetBlock2D
 from torch import nn
 
-from .geglu import recompute_geglus
+from tavcli.engine.geglu import recompute_geglus
 
 ATTENTION_MODES = ("sparse-causal", "first-frame", "full", "frame")
 NORM_MODES = ("clip", "frame")
@@ -45,7 +45,7 @@ class ClipContext:
 def clip_context(unet: nn.Module) -> ClipContext:
     ctx = getattr(unet, "tav_clip", None)
     if ctx is None:
-        raise ValueError("this UNet has not been inflated: call tavcli.attention.inflate(unet) first")
+        raise ValueError("this UNet has not been inflated: call tavcli.method.attention.inflate(unet) first")
     return ctx
 
 

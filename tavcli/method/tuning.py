@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import video_forward
+from tavcli.method.attention import video_forward
 
 
 @dataclass
@@ -25,7 +25,7 @@ class TuneSettings:
     seed: int = 0
     gradient_checkpointing: bool | None = None  # None: only when the clip would not fit the GPU otherwise
     cuda_graphs: bool = True  # replay each step as one CUDA graph (GPU, without checkpointing)
-    compile: bool = False  # torch.compile the UNet's repeated blocks first (tavcli.compiling): minutes, cold
+    compile: bool = False  # torch.compile the UNet's repeated blocks first (tavcli.engine.compiling): minutes, cold
 
 
 @dataclass

@@ -18,10 +18,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import adapters, compiling, ddim
-from .attention import inflate, set_attention_mode
-from .models import Base, decode_latents, encode_frames, encode_prompts, encoders_parked
-from .tuning import ClipLatents, TuneSettings, tune
+from tavcli.engine import compiling
+from tavcli.method import adapters, ddim
+from tavcli.method.attention import inflate, set_attention_mode
+from tavcli.method.models import Base, decode_latents, encode_frames, encode_prompts, encoders_parked
+from tavcli.method.tuning import ClipLatents, TuneSettings, tune
 
 
 @dataclass

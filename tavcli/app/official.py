@@ -18,7 +18,7 @@ What the official `train_tuneavideo.py` leaves in its `output_dir`, and so what 
 * `samples/` — GIFs, not read.
 
 The key names of the official UNet3D are the stock diffusers UNet's plus `norm_temp` and `attn_temp` in
-every transformer block, which is the layout `tavcli.attention.inflate` gives the stock UNet; so an
+every transformer block, which is the layout `tavcli.method.attention.inflate` gives the stock UNet; so an
 official state dict maps onto an inflated UNet key for key, and `official_keys` spells the official
 layout out from a config, independently of the UNet tav builds, to check that claim.
 
@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .adapters import AdapterSpec, adapter_state
+from tavcli.method.adapters import AdapterSpec, adapter_state
 
 WEIGHTS_BIN = "diffusion_pytorch_model.bin"
 WEIGHTS_SAFETENSORS = "diffusion_pytorch_model.safetensors"

@@ -17,15 +17,15 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
-from .adapters import AdapterSpec
-from .attention import key_frames
-from .ddim import EditSettings
-from .metrics import DEFAULT_CLIP
-from .models import DEFAULT_BASE, sha256_file
-from .store import Artifact, Store
-from .tuning import TuneSettings
-from .video import FrameSampling, VideoError, read_video, write_video
+from tavcli import __version__
+from tavcli.method.adapters import AdapterSpec
+from tavcli.method.attention import key_frames
+from tavcli.method.ddim import EditSettings
+from tavcli.method.metrics import DEFAULT_CLIP
+from tavcli.method.models import DEFAULT_BASE, sha256_file
+from tavcli.app.store import Artifact, Store
+from tavcli.method.tuning import TuneSettings
+from tavcli.method.video import FrameSampling, VideoError, read_video, write_video
 
 FORMATS = ("mp4", "gif", "png")
 
@@ -132,8 +132,8 @@ def tune(job: TuneJob, store: Store, reporter: Reporter = Reporter()) -> Artifac
     import torch
     from safetensors.torch import save_file
 
-    from .models import load_base
-    from .pipeline import TuneAVideo
+    from tavcli.method.models import load_base
+    from tavcli.method.pipeline import TuneAVideo
 
     if not job.prompt.strip():
         raise JobError("the prompt is empty; describe the clip, e.g. \"a man is skiing\"")
@@ -184,7 +184,7 @@ def tune(job: TuneJob, store: Store, reporter: Reporter = Reporter()) -> Artifac
 def _identity(base) -> dict:
     """The base's identity for a manifest; a single file's sha256 is remembered across runs. A local file or
     folder is recorded by its absolute path (as its --base-config is), so later edits find it from anywhere."""
-    from .models import base_identity
+    from tavcli.method.models import base_identity
 
     identity = base_identity(base, sha256=_file_sha256(base.checkpoint) if base.checkpoint else None)
     if Path(base.name).expanduser().exists():
@@ -281,8 +281,8 @@ def edit(job: EditJob, store: Store, reporter: Reporter = Reporter()) -> list[Ed
     """Generate one video per prompt with a stored artifact; returns what was written (and its scores)."""
     from safetensors.torch import load_file
 
-    from .models import load_base
-    from .pipeline import TuneAVideo
+    from tavcli.method.models import load_base
+    from tavcli.method.pipeline import TuneAVideo
 
     artifact = store.resolve(job.ref)
     store.verify(artifact)
@@ -333,7 +333,7 @@ def edit(job: EditJob, store: Store, reporter: Reporter = Reporter()) -> list[Ed
 
 
 def _scorer(name: str, device):
-    from .metrics import Scorer
+    from tavcli.method.metrics import Scorer
 
     return Scorer.load(name, device)
 
@@ -358,7 +358,7 @@ def score(job: ScoreJob, store: Store, reporter: Reporter = Reporter()) -> list[
         if not targets:
             raise JobError(f"{artifact.short_id} has no edit videos on disk to score; run `tav edit` first, "
                            "or give a video file")
-    from .models import resolve_device
+    from tavcli.method.models import resolve_device
 
     reporter.stage(f"loading {job.clip}")
     scorer = _scorer(job.clip, resolve_device(job.device))
@@ -397,10 +397,10 @@ def import_official(job: ImportOfficialJob, store: Store, reporter: Reporter = R
     against the base; its newest inversion latent and (when still on disk) its source clip come along."""
     from safetensors.torch import save_file
 
-    from .adapters import save_adapter
-    from .attention import inflate
-    from .models import load_base
-    from .official import OfficialError, read_official, to_adapter_state
+    from tavcli.method.adapters import save_adapter
+    from tavcli.method.attention import inflate
+    from tavcli.method.models import load_base
+    from tavcli.app.official import OfficialError, read_official, to_adapter_state
 
     store.check_name(job.name)
     reporter.stage(f"reading {job.folder}")
@@ -487,9 +487,9 @@ def export_official(ref: str, dest: Path, store: Store, base: str | None = None,
 
     from safetensors.torch import load_file
 
-    from .models import load_base
-    from .official import OfficialTraining, official_state, write_official
-    from .pipeline import TuneAVideo
+    from tavcli.method.models import load_base
+    from tavcli.app.official import OfficialTraining, official_state, write_official
+    from tavcli.method.pipeline import TuneAVideo
 
     artifact = store.resolve(ref)
     store.verify(artifact)

@@ -70,7 +70,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 if TYPE_CHECKING:
-    from .jobs import EditJob, TuneJob
+    from tavcli.app.jobs import EditJob, TuneJob
 
 
 class ConfigError(ValueError):
@@ -116,9 +116,9 @@ Keys = tuple  # a key's path in the file: ("train_data", "prompt"), ("edits", 0,
 
 
 def _choices() -> dict[str, tuple[str, ...]]:
-    from .adapters import KINDS
-    from .attention import ATTENTION_MODES
-    from .video import RESIZE_MODES
+    from tavcli.method.adapters import KINDS
+    from tavcli.method.attention import ATTENTION_MODES
+    from tavcli.method.video import RESIZE_MODES
 
     return {"resize": RESIZE_MODES, "attention": ATTENTION_MODES, "adapter": KINDS, "dtype": DTYPES}
 
@@ -321,12 +321,12 @@ def _unknown_error(doc: _Doc, keys: list, prefix: Keys, what: str) -> ConfigErro
 
 
 def _official(doc: _Doc) -> LoadedConfig:
-    from .adapters import AdapterSpec
-    from .ddim import EditSettings
-    from .jobs import EditJob, TuneJob
-    from .models import DEFAULT_BASE
-    from .tuning import TuneSettings
-    from .video import FrameSampling
+    from tavcli.method.adapters import AdapterSpec
+    from tavcli.method.ddim import EditSettings
+    from tavcli.app.jobs import EditJob, TuneJob
+    from tavcli.method.models import DEFAULT_BASE
+    from tavcli.method.tuning import TuneSettings
+    from tavcli.method.video import FrameSampling
 
     top = doc.data
     unknown = [k for k in top if k not in OFFICIAL_KEYS]
@@ -431,12 +431,12 @@ def _official(doc: _Doc) -> LoadedConfig:
 
 
 def _tav(doc: _Doc) -> LoadedConfig:
-    from .adapters import AdapterSpec
-    from .ddim import EditSettings
-    from .jobs import EditJob, TuneJob
-    from .models import DEFAULT_BASE
-    from .tuning import TuneSettings
-    from .video import FrameSampling
+    from tavcli.method.adapters import AdapterSpec
+    from tavcli.method.ddim import EditSettings
+    from tavcli.app.jobs import EditJob, TuneJob
+    from tavcli.method.models import DEFAULT_BASE
+    from tavcli.method.tuning import TuneSettings
+    from tavcli.method.video import FrameSampling
 
     top = doc.data
     unknown = [k for k in top if k not in TAV_KEYS]

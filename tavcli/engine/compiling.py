@@ -4,7 +4,7 @@ Much of a UNet step is small memory-bound kernels around the matrix products (no
 the reshapes of the frame attentions), which inductor fuses. A compile of the whole UNet's tuning step
 had not finished after 7 minutes on an H100; compiling its repeated blocks compiles each distinct block
 shape once and reuses the code for every block of that shape (docs/performance.md has the measured
-times). Where inductor keeps its on-disk cache is the caller's choice: `tavcli.jobs` puts it in tav's.
+times). Where inductor keeps its on-disk cache is the caller's choice: `tavcli.app.jobs` puts it in tav's.
 """
 
 from __future__ import annotations

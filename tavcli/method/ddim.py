@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .attention import video_forward
-from .tuning import autocast_for
+from tavcli.method.attention import video_forward
+from tavcli.method.tuning import autocast_for
 
 
 @dataclass
@@ -24,7 +24,7 @@ class EditSettings:
     inversion: bool = True
     inversion_steps: int = 50
     cuda_graphs: bool = True  # replay each step's UNet call as one CUDA graph (GPU only)
-    compile: bool = False  # torch.compile the UNet's repeated blocks first (tavcli.compiling): minutes, cold
+    compile: bool = False  # torch.compile the UNet's repeated blocks first (tavcli.engine.compiling): minutes, cold
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .attention import clip_context, init_temporal
+from tavcli.method.attention import clip_context, init_temporal
 
 KINDS = ("full", "lora")
 CONFIG_NAME = "adapter_config.json"

@@ -1,0 +1,2 @@
+"""The application: jobs users run, configs, the artifact store and its manifest, official compatibility.
+"""

@@ -1,0 +1,2 @@
+"""What users touch: the `tav` CLI and `tav bench`.
+"""
