@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from tavcli import ddim
 from tavcli.faces.bench import _base_folder
+from tavcli.method import ddim
 from tavcli.method.models import encode_prompts, load_base
 from tavcli.method.pipeline import TuneAVideo
 from tavcli.method.tuning import TuneSettings

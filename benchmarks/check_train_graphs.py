@@ -12,6 +12,7 @@ import time
 import numpy as np
 import torch
 
+from tavcli.engine.runtime import Runtime
 from tavcli.faces.bench import _base_folder
 from tavcli.method.models import encode_frames, encode_prompts, load_base
 from tavcli.method.pipeline import TuneAVideo, _alphas_cumprod
@@ -32,7 +33,7 @@ def run(graphs: bool, frames: int, steps: int) -> tuple[list[float], torch.Tenso
 
     torch.cuda.reset_peak_memory_stats()
     losses = tune(tav.unet, tav.params, clip, _alphas_cumprod(base.scheduler_config),
-                  TuneSettings(steps=steps, cuda_graphs=graphs), callback=stamp)
+                  TuneSettings(steps=steps), callback=stamp, runtime=Runtime(cuda_graphs=graphs))
     ms = float(np.median(np.diff(stamps[4:]))) * 1000
     weights = torch.cat([p.detach().flatten() for p in tav.params]).cpu()
     return losses, weights, ms, torch.cuda.max_memory_allocated() / 2**30

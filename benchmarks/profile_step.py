@@ -16,8 +16,9 @@ import numpy as np
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from tavcli.method.attention import video_forward
+from tavcli.engine.runtime import Runtime
 from tavcli.faces.bench import _base_folder
+from tavcli.method.attention import video_forward
 from tavcli.method.ddim import Denoiser
 from tavcli.method.models import encode_frames, encode_prompts, load_base
 from tavcli.method.pipeline import TuneAVideo, _alphas_cumprod
@@ -97,9 +98,9 @@ def main() -> None:
     clip = ClipLatents(mean, std, encode_prompts(base, ["a man is skiing"]))
     alphas = _alphas_cumprod(base.scheduler_config)
 
-    eager = TuneSettings(steps=3, cuda_graphs=False)
-    tune(tav.unet, tav.params, clip, alphas, eager)  # warm-up
-    wall, table = profiled(lambda: tune(tav.unet, tav.params, clip, alphas, TuneSettings(steps=1, cuda_graphs=False)), 3)
+    eager = Runtime(cuda_graphs=False)
+    tune(tav.unet, tav.params, clip, alphas, TuneSettings(steps=3), runtime=eager)  # warm-up
+    wall, table = profiled(lambda: tune(tav.unet, tav.params, clip, alphas, TuneSettings(steps=1), runtime=eager), 3)
     out["tuning_step"] = {"eager_wall_ms": wall, **table}
     # The same step graph-replayed, for the wall time the kernels add up to once launches are gone.
     stamps = []

@@ -15,11 +15,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from tavcli.method.attention import video_forward
+from tavcli.engine.runtime import MasterWeights
 from tavcli.faces.bench import _base_folder
+from tavcli.method.attention import video_forward
 from tavcli.method.models import encode_frames, encode_prompts, load_base
 from tavcli.method.pipeline import TuneAVideo
-from tavcli.method.tuning import MasterWeights
 
 
 def role(qualified: str) -> str:

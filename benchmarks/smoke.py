@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from tavcli.method.adapters import AdapterSpec
-from tavcli.method.ddim import EditSettings
 from tavcli.method.models import load_base
+from tavcli.method.params import EditSettings
 from tavcli.method.pipeline import TuneAVideo
 from tavcli.method.random_base import save_random_base
 from tavcli.method.tuning import TuneSettings

@@ -5,7 +5,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tavcli.method.adapters import CONFIG_NAME, WEIGHTS_NAME, AdapterError, AdapterSpec, load_adapter, read_spec
+from tavcli.errors import BadInput, Corrupt
+from tavcli.method import adapters
+from tavcli.method.adapters import CONFIG_NAME, WEIGHTS_NAME, AdapterSpec, load_adapter, read_spec
 from tavcli.method.attention import inflate, video_forward
 from tavcli.method.models import load_base
 from tavcli.method.pipeline import TuneAVideo
@@ -70,9 +72,9 @@ def test_adapter_for_another_model_is_refused(tiny_base, tmp_path, kind):
 
     TuneAVideo.create(tiny_base, AdapterSpec(kind, rank=2)).save_adapter(tmp_path / "a")
     wider = inflate(UNet2DConditionModel(**(TINY_UNET | {"block_out_channels": (64, 64)})))
-    with pytest.raises(AdapterError, match="does not fit this UNet"):
+    with pytest.raises(Corrupt, match="does not fit this UNet"):
         load_adapter(wider, tmp_path / "a")
-    with pytest.raises(AdapterError, match="does not fit this UNet"):
+    with pytest.raises(Corrupt, match="does not fit this UNet"):
         load_adapter(inflate(UNet2DConditionModel(**TINY_UNET), temporal=False), tmp_path / "a")
 
 
@@ -80,23 +82,44 @@ def test_malformed_adapter_folders_give_adapter_errors(tmp_path, tiny_unet):
     from safetensors.torch import save_file
 
     unet = inflate(tiny_unet())
-    with pytest.raises(AdapterError, match="no adapter_config.json"):
+    with pytest.raises(Corrupt, match="no adapter_config.json"):
         load_adapter(unet, tmp_path)
     (tmp_path / CONFIG_NAME).write_text(json.dumps({"peft_type": "LORA"}))
-    with pytest.raises(AdapterError, match="no adapter_model.safetensors"):
+    with pytest.raises(Corrupt, match="no adapter_model.safetensors"):
         load_adapter(unet, tmp_path)
     (tmp_path / WEIGHTS_NAME).write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
-    with pytest.raises(AdapterError, match="not a readable safetensors"):
+    with pytest.raises(Corrupt, match="not a readable safetensors"):
         load_adapter(unet, tmp_path)
     save_file({"x": torch.zeros(1)}, tmp_path / WEIGHTS_NAME)  # a PEFT file, but not one of tav's
-    with pytest.raises(AdapterError, match="not a tav adapter"):
+    with pytest.raises(Corrupt, match="not a tav adapter"):
         load_adapter(unet, tmp_path)
-    with pytest.raises(AdapterError, match="unknown adapter kind"):
+    with pytest.raises(BadInput, match="adapter 'dora' is not known"):  # bad input, not a damaged file
         AdapterSpec("dora")
 
 
+def test_the_spec_round_trips_with_the_adapter_norm_and_attention_included(tiny_base, tiny_base_dir, tmp_path):
+    """An adapter tuned with per-frame GroupNorm and full attention reloads as tuned and renders the same
+    frames (tav 0.1 recorded no norm: such an adapter reloaded with clip GroupNorm, silently)."""
+    from tavcli.method.params import EditSettings
+
+    spec = AdapterSpec("full", temporal_seed=3, attention="full", norm="frame")
+    tav = TuneAVideo.create(tiny_base, spec)
+    clip = frames(3)
+    tav.tune(clip, "a clip", TuneSettings(steps=2, lr=1e-3))
+    tav.save_adapter(tmp_path / "adapter", dtype=torch.float32)  # exact, to compare frames
+    assert read_spec(tmp_path / "adapter") == spec
+    settings = EditSettings(steps=2, inversion=False, seed=4)
+    want = tav.generate(["a"], settings, frames=3, height=64, width=64)
+    again = TuneAVideo.from_adapter(load_base(str(tiny_base_dir), device="cpu"), tmp_path / "adapter")
+    assert again.spec == spec
+    assert np.array_equal(again.generate(["a"], settings, frames=3, height=64, width=64), want)
+    clip_norm = TuneAVideo.create(load_base(str(tiny_base_dir), device="cpu"), spec.replace(norm="clip"))
+    adapters.load_adapter(clip_norm.unet, tmp_path / "adapter")
+    assert not np.array_equal(clip_norm.generate(["a"], settings, frames=3, height=64, width=64), want)
+
+
 def test_generate_shapes_and_seeds(tiny_base):
-    from tavcli.method.ddim import EditSettings
+    from tavcli.method.params import EditSettings
 
     tav = TuneAVideo.create(tiny_base)
     clip = frames(3)

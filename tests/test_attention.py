@@ -6,8 +6,16 @@ import pytest
 import torch
 from diffusers.models.attention_processor import Attention
 
-from tavcli.method.attention import (ATTENTION_MODES, ClipContext, ClipGroupNorm, FrameAttnProcessor, inflate, key_frames,
-                              source_frames, video_forward)
+from tavcli.method.attention import (
+    ClipContext,
+    ClipGroupNorm,
+    FrameAttnProcessor,
+    inflate,
+    key_frames,
+    source_frames,
+    video_forward,
+)
+from tavcli.method.params import Attention as AttentionMode
 
 
 def naive_frame_attention(attn: Attention, h: torch.Tensor, frames: int, sources) -> torch.Tensor:
@@ -49,7 +57,7 @@ def test_frame_attention_matches_naive_loops(mode):
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("mode", ATTENTION_MODES)
+@pytest.mark.parametrize("mode", AttentionMode.choices())
 @pytest.mark.parametrize("frames", [1, 2, 5])
 def test_source_frames_follow_key_frames(mode, frames):
     clip = torch.arange(2 * frames * 3, dtype=torch.float32).view(2, frames, 3)  # every value tells its place

@@ -2,7 +2,7 @@ import json
 
 from typer.testing import CliRunner
 
-from tavcli import jobs
+from tavcli.app import jobs
 from tavcli.faces.cli import app
 
 

@@ -34,8 +34,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from tavcli import __version__
-from tavcli.faces.cli import app
 from tavcli.app.store import SCHEMA, Store, _canonical, _content_id
+from tavcli.faces.cli import app
 from tavcli.method.video import FrameSampling, read_video
 
 TAV = shutil.which("tav", path=str(Path(sys.executable).parent)) or shutil.which("tav") or "tav"

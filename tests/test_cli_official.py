@@ -22,13 +22,22 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
+from tavcli.app.official.layout import official_keys, official_unet_config
+from tavcli.app.store import Store
 from tavcli.method.attention import inflate
 from tavcli.method.models import fingerprint, load_base
-from tavcli.app.official import official_keys, official_unet_config
-from tavcli.app.store import Store
 from tavcli.method.video import write_video
-from tests.test_cli import (SHORT_ID, _invoke, assert_error, assert_video, cli, mp4_frames,  # noqa: F401 (cli)
-                            run_subprocess, store_state, tmp_leftovers)
+from tests.test_cli import (  # noqa: F401 (cli)
+    SHORT_ID,
+    _invoke,
+    assert_error,
+    assert_video,
+    cli,
+    mp4_frames,
+    run_subprocess,
+    store_state,
+    tmp_leftovers,
+)
 from tests.test_official import TUNED, Evil, official_state_from
 from tests.test_single_file import folder_to_ldm, offline_cache  # noqa: F401 (offline_cache is a fixture)
 
@@ -285,15 +294,15 @@ def test_import_official_malicious_bin_is_never_unpickled(cli, empty_home, tmp_p
 
 def test_import_official_name_taken_fails_before_any_work(cli, empty_home, tmp_path, official, tiny_base_dir,
                                                           monkeypatch):
+    import tavcli.app.official.layout
     import tavcli.method.models
-    import tavcli.app.official
 
     state, config = official
     run = write_run(tmp_path / "run", state, config, tiny_base_dir)
     assert cli("import-official", run, "--name", "taken", "-q").code == 0
     before = store_state(empty_home)
     work = []
-    monkeypatch.setattr(tavcli.app.official, "read_official", lambda *a, **k: work.append("read"))
+    monkeypatch.setattr(tavcli.app.official.layout, "read_official", lambda *a, **k: work.append("read"))
     monkeypatch.setattr(tavcli.method.models, "load_base", lambda *a, **k: work.append("load"))
     assert_error(cli("import-official", run, "--name", "taken"), 2, "taken")  # no "tav: reading" line either
     assert work == []
@@ -350,12 +359,12 @@ def workdir(tmp_path, tiny_base_dir, ldm_file, clip_mp4) -> Path:
 
 @pytest.fixture
 def hashed(monkeypatch) -> list[str]:
-    """The files tav hashes whole (jobs.sha256_file), in order."""
-    import tavcli.app.jobs
+    """The files tav hashes whole (models.sha256_file), in order."""
+    import tavcli.method.models
 
     calls: list[str] = []
-    real = tavcli.app.jobs.sha256_file
-    monkeypatch.setattr(tavcli.app.jobs, "sha256_file", lambda path: calls.append(Path(path).name) or real(path))
+    real = tavcli.method.models.sha256_file
+    monkeypatch.setattr(tavcli.method.models, "sha256_file", lambda path: calls.append(Path(path).name) or real(path))
     return calls
 
 

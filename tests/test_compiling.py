@@ -16,8 +16,8 @@ import torch
 from diffusers.models.resnet import ResnetBlock2D
 from diffusers.models.transformers.transformer_2d import Transformer2DModel
 
-from tavcli.method.attention import inflate, video_forward
 from tavcli.engine.compiling import compile_regions
+from tavcli.method.attention import inflate, video_forward
 from tavcli.method.models import encode_frames, encode_prompts
 from tavcli.method.pipeline import TuneAVideo, _alphas_cumprod
 from tavcli.method.tuning import ClipLatents, TuneSettings, tune
@@ -108,9 +108,9 @@ def test_compiled_tuning_trains_the_same_parameters_to_the_same_losses(tiny_base
 
 def test_compile_flag_reaches_tuning_and_editing(tmp_path, monkeypatch, tiny_base_dir):
     """`tav tune --compile` and `tav edit --compile`: regions compiled, the setting recorded, the cache in tav's."""
-    import tavcli.engine.compiling
     from typer.testing import CliRunner
 
+    import tavcli.engine.compiling
     from tavcli.faces.cli import app
     from tavcli.method.video import write_video
 

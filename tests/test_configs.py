@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tavcli.app.configs import ConfigError, LoadedConfig, apply_overrides, load_config
+from tavcli.app.configs import LoadedConfig, apply_overrides, load_config
+from tavcli.errors import BadInput
 
 MAN_SKIING = """\
 pretrained_model_path: "./checkpoints/stable-diffusion-v1-4"
@@ -77,7 +78,7 @@ def official(tmp_path: Path, text: str = MAN_SKIING, **replacements: str) -> Loa
 
 
 def config_error(path: Path) -> str:
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(BadInput) as info:
         load_config(path)
     message = str(info.value)
     assert "\n" not in message
@@ -95,24 +96,24 @@ def test_official_man_skiing_parses_into_the_exact_jobs(tmp_path):
     assert job.prompt == "a man is skiing"
     assert job.base == "./checkpoints/stable-diffusion-v1-4"  # no such folder: kept as given
     assert (job.sampling.frames, job.sampling.start, job.sampling.stride) == (24, 0, 2)
-    assert (job.width, job.height, job.resize) == (512, 512, "squash")
-    assert job.settings.steps == 500
-    assert isinstance(job.settings.lr, float) and job.settings.lr == 3e-5
-    assert job.settings.seed == 33 and job.adapter.temporal_seed == 33
+    assert (job.size.width, job.size.height, job.size.resize) == (512, 512, "squash")
+    assert job.tuning.steps == 500
+    assert isinstance(job.tuning.lr, float) and job.tuning.lr == 3e-5
+    assert job.tuning.seed == 33 and job.adapter.temporal_seed == 33
     assert job.adapter.kind == "full"
-    assert job.settings.gradient_checkpointing is True
-    assert job.dtype == "fp16" and job.device == "auto"
-    assert job.inversion_steps == 50
-    assert job.name is None and job.attention == "sparse-causal"
+    assert job.runtime.low_memory is True
+    assert job.runtime.dtype == "fp16" and job.runtime.device == "auto"
+    assert job.inversion.steps == 50
+    assert job.name is None and job.adapter.attention == "sparse-causal"
 
     assert len(config.edits) == 1
     edit = config.edits[0]
     assert edit.ref == ""
-    assert edit.prompts == ["mickey mouse is skiing on the snow", "spider man is skiing on the beach, cartoon style",
+    assert list(edit.prompts) == ["mickey mouse is skiing on the snow", "spider man is skiing on the beach, cartoon style",
                             "wonder woman, wearing a cowboy hat, is skiing",
                             "a man, wearing pink clothes, is skiing at sunset"]
     assert (edit.settings.steps, edit.settings.guidance, edit.settings.inversion) == (50, 12.5, True)
-    assert edit.settings.seed == 33 and edit.settings.inversion_steps == 50 and edit.settings.negative_prompt == ""
+    assert edit.settings.seed == 33 and edit.settings.negative_prompt == ""
     assert edit.frames is None  # video_length == n_sample_frames
 
     assert len(config.warnings) == 1
@@ -130,10 +131,10 @@ def test_official_defaults_are_the_official_scripts(tmp_path):
     job = config.tune
     assert config.source == "official"
     assert (job.sampling.frames, job.sampling.start, job.sampling.stride) == (8, 0, 1)
-    assert (job.width, job.height, job.resize) == (512, 512, "squash")
-    assert (job.settings.steps, job.settings.lr, job.settings.gradient_checkpointing) == (500, 3e-5, True)
+    assert (job.size.width, job.size.height, job.size.resize) == (512, 512, "squash")
+    assert (job.tuning.steps, job.tuning.lr, job.runtime.low_memory) == (500, 3e-5, True)
     assert job.base == "CompVis/stable-diffusion-v1-4"
-    assert job.dtype == "fp16"
+    assert job.runtime.dtype == "fp16"
     assert config.edits == [] and config.warnings == []
 
 
@@ -141,13 +142,13 @@ def test_official_optimizer_settings_and_precisions_map(tmp_path):
     text = MINIMAL_OFFICIAL + ("adam_beta1: 0.8\nadam_beta2: 0.99\nadam_weight_decay: 0\nmax_grad_norm: 0.5\n"
                                "gradient_checkpointing: false\nmixed_precision: no\nseed: null\n")
     job = load_config(write(tmp_path, text)).tune
-    assert job.settings.betas == (0.8, 0.99)
-    assert (job.settings.weight_decay, job.settings.max_grad_norm) == (0.0, 0.5)
-    assert job.settings.gradient_checkpointing is None  # off in the file: tav decides
-    assert job.dtype == "fp32"  # a bare `no` is YAML 1.1's false
-    assert job.settings.seed == 0
-    assert load_config(write(tmp_path, MINIMAL_OFFICIAL + "mixed_precision: bf16\n")).tune.dtype == "bf16"
-    assert load_config(write(tmp_path, MINIMAL_OFFICIAL + 'mixed_precision: "no"\n')).tune.dtype == "fp32"
+    assert job.tuning.betas == (0.8, 0.99)
+    assert (job.tuning.weight_decay, job.tuning.max_grad_norm) == (0.0, 0.5)
+    assert job.runtime.low_memory is False  # off in the file: tav decides
+    assert job.runtime.dtype == "fp32"  # a bare `no` is YAML 1.1's false
+    assert job.tuning.seed == 0
+    assert load_config(write(tmp_path, MINIMAL_OFFICIAL + "mixed_precision: bf16\n")).tune.runtime.dtype == "bf16"
+    assert load_config(write(tmp_path, MINIMAL_OFFICIAL + 'mixed_precision: "no"\n')).tune.runtime.dtype == "fp32"
 
 
 def test_unknown_mixed_precision_is_an_error_with_its_line(tmp_path):
@@ -169,7 +170,7 @@ def test_other_trainable_modules_and_batch_size_warn(tmp_path):
     note = config.warnings[1]
     assert "trainable_modules" in note and "to_k" in note
     assert "attn1.to_q, attn2.to_q and attn_temp regardless" in note
-    assert config.tune.settings.steps == 500  # still parsed
+    assert config.tune.tuning.steps == 500  # still parsed
 
 
 def test_validation_size_and_schedule_that_tav_cannot_honour_warn(tmp_path):
@@ -179,7 +180,7 @@ def test_validation_size_and_schedule_that_tav_cannot_honour_warn(tmp_path):
     warning = config.warnings[0]
     assert "validation_data.width/height" in warning and "512x512" in warning
     assert "lr_scheduler" in warning and "lr_warmup_steps" in warning
-    assert config.tune.width == 512
+    assert config.tune.size.width == 512
 
 
 def test_inversion_with_another_video_length_is_an_error(tmp_path):
@@ -250,12 +251,12 @@ def test_official_unknown_key_is_an_error(tmp_path):
 def test_apply_overrides_changes_only_the_given_fields(tmp_path):
     config = official(tmp_path)
     changed = apply_overrides(config, steps=10, video="other.mp4", prompt=None, frames=None)
-    assert changed.tune.settings.steps == 10
+    assert changed.tune.tuning.steps == 10
     assert changed.tune.video == Path("other.mp4")
-    expected = replace(config.tune, video=Path("other.mp4"), settings=replace(config.tune.settings, steps=10))
+    expected = replace(config.tune, video=Path("other.mp4"), tuning=replace(config.tune.tuning, steps=10))
     assert changed.tune == expected
     assert changed.edits == config.edits and changed.warnings == config.warnings and changed.source == "official"
-    assert config.tune.settings.steps == 500  # the original is untouched
+    assert config.tune.tuning.steps == 500  # the original is untouched
     assert apply_overrides(config) == config
     assert apply_overrides(config, **dict.fromkeys(("video", "prompt", "seed", "low_memory", "dtype"))) == config
 
@@ -269,24 +270,24 @@ def test_apply_overrides_every_flag(tmp_path):
     job = changed.tune
     assert (job.video, job.prompt, job.name, job.base) == (Path("b.mp4"), "a dog", "dog", "some/base")
     assert (job.sampling.frames, job.sampling.start, job.sampling.stride) == (4, 3, 5)
-    assert (job.width, job.height, job.resize, job.attention) == (256, 320, "crop", "full")
-    assert (job.settings.steps, job.settings.lr, job.settings.seed) == (7, 1e-4, 9)
-    assert job.settings.gradient_checkpointing is None
+    assert (job.size.width, job.size.height, job.size.resize, job.adapter.attention) == (256, 320, "crop", "full")
+    assert (job.tuning.steps, job.tuning.lr, job.tuning.seed) == (7, 1e-4, 9)
+    assert job.runtime.low_memory is False
     assert (job.adapter.kind, job.adapter.rank, job.adapter.temporal_seed) == ("lora", 4, 9)
-    assert (job.device, job.dtype) == ("cpu", "fp32")
-    assert job.settings.compile is True and config.tune.settings.compile is False
+    assert (job.runtime.device, job.runtime.dtype) == ("cpu", "fp32")
+    assert job.runtime.compile is True and config.tune.runtime.compile is False
     edit = changed.edits[0]
-    assert (edit.settings.seed, edit.device, edit.dtype, edit.settings.compile) == (9, "cpu", "fp32", True)
+    assert (edit.settings.seed, edit.runtime.device, edit.runtime.dtype, edit.runtime.compile) == (9, "cpu", "fp32", True)
     assert edit.prompts == config.edits[0].prompts
 
 
 def test_apply_overrides_rejects_bad_values_and_unknown_flags(tmp_path):
     config = official(tmp_path)
-    with pytest.raises(ConfigError, match="--resize 'stretch' is not known"):
+    with pytest.raises(BadInput, match="--resize 'stretch' is not known"):
         apply_overrides(config, resize="stretch")
-    with pytest.raises(ConfigError, match="--frames must be at least 1"):
+    with pytest.raises(BadInput, match="--frames must be at least 1"):
         apply_overrides(config, frames=0)
-    with pytest.raises(TypeError, match="guidance"):
+    with pytest.raises(BadInput, match="guidance"):  # not an option of the tune
         apply_overrides(config, guidance=3.0)
 
 
@@ -332,18 +333,18 @@ def test_tav_format_with_every_key(tmp_path):
     assert job.video == tmp_path / "clips" / "dog.mp4"
     assert (job.prompt, job.name, job.base) == ("a dog is running", "dog", "runwayml/stable-diffusion-v1-5")
     assert (job.sampling.frames, job.sampling.start, job.sampling.stride) == (12, 4, 3)
-    assert (job.width, job.height, job.resize) == (320, 256, "squash")
-    assert (job.settings.steps, job.settings.lr, job.settings.seed) == (150, 3e-5, 7)
-    assert isinstance(job.settings.lr, float)
-    assert job.settings.gradient_checkpointing is True and job.settings.compile is True
+    assert (job.size.width, job.size.height, job.size.resize) == (320, 256, "squash")
+    assert (job.tuning.steps, job.tuning.lr, job.tuning.seed) == (150, 3e-5, 7)
+    assert isinstance(job.tuning.lr, float)
+    assert job.runtime.low_memory is True and job.runtime.compile is True
     assert (job.adapter.kind, job.adapter.rank, job.adapter.temporal_seed) == ("lora", 8, 7)
-    assert (job.attention, job.device, job.dtype, job.inversion_steps) == ("first-frame", "cpu", "bf16", 20)
+    assert (job.adapter.attention, job.runtime.device, job.runtime.dtype, job.inversion.steps) == ("first-frame", "cpu", "bf16", 20)
     [edit] = config.edits
-    assert edit.ref == "" and edit.prompts == ["a cat is running", "a fox is running"]
+    assert edit.ref == "" and edit.prompts == ("a cat is running", "a fox is running")
     s = edit.settings
     assert (s.steps, s.guidance, s.negative_prompt, s.inversion, s.seed) == (25, 7.5, "blurry", False, 7)
-    assert (edit.frames, edit.device, edit.dtype) == (16, "cpu", "bf16")
-    assert s.compile is True  # the edits run in the same process, on the model compiled for tuning
+    assert (edit.frames, edit.runtime.device, edit.runtime.dtype) == (16, "cpu", "bf16")
+    assert edit.runtime.compile is True  # the edits run in the same process, on the model compiled for tuning
 
 
 def test_tav_format_defaults(tmp_path):
@@ -352,10 +353,10 @@ def test_tav_format_defaults(tmp_path):
     assert config.source == "tav" and config.edits == [] and config.warnings == []
     assert job.video == Path("/abs/clip.mp4")
     assert (job.sampling.frames, job.sampling.start, job.sampling.stride) == (8, 0, None)
-    assert (job.width, job.height, job.resize) == (512, 512, "crop")
-    assert (job.settings.steps, job.settings.lr, job.settings.seed) == (300, 3e-5, 0)
-    assert job.settings.gradient_checkpointing is None and job.settings.compile is False
-    assert (job.adapter.kind, job.attention, job.device, job.dtype) == ("full", "sparse-causal", "auto", "auto")
+    assert (job.size.width, job.size.height, job.size.resize) == (512, 512, "crop")
+    assert (job.tuning.steps, job.tuning.lr, job.tuning.seed) == (300, 3e-5, 0)
+    assert job.runtime.low_memory is False and job.runtime.compile is False
+    assert (job.adapter.kind, job.adapter.attention, job.runtime.device, job.runtime.dtype) == ("full", "sparse-causal", "auto", "auto")
     assert job.base == "CompVis/stable-diffusion-v1-4"
 
 
@@ -370,8 +371,8 @@ def test_tav_size_sets_both_sides_and_edits_may_be_a_list(tmp_path):
             inversion: false
             frames: 8
         """))
-    assert (config.tune.width, config.tune.height) == (256, 256)
-    assert [e.prompts for e in config.edits] == [["an astronaut is skiing"], ["a bear is skiing"]]
+    assert (config.tune.size.width, config.tune.size.height) == (256, 256)
+    assert [e.prompts for e in config.edits] == [("an astronaut is skiing",), ("a bear is skiing",)]
     assert config.edits[0].settings.inversion is True
     assert config.edits[1].frames is None  # the tuned length: no need to name it
 

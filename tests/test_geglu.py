@@ -6,8 +6,8 @@ import pytest
 import torch
 from diffusers.models.activations import GEGLU
 
-from tavcli.method.attention import inflate
 from tavcli.engine.geglu import RecomputingGEGLU, recompute_geglus
+from tavcli.method.attention import inflate
 
 
 def _saved_bytes(module, x) -> int:

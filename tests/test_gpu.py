@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from tavcli.engine.runtime import Runtime
 from tavcli.method.adapters import AdapterSpec, attach
 from tavcli.method.attention import ClipContext, ClipGroupNorm, inflate
 from tavcli.method.tuning import ClipLatents, TuneSettings, tune
-
 from tests.test_attention import _five_d_group_norm
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -49,7 +49,8 @@ def test_tuning_with_cuda_graphs_follows_eager_in_bf16(tiny_unet):
     for graphs in (False, True):
         unet = inflate(tiny_unet()).cuda().to(torch.bfloat16)
         params = attach(unet, AdapterSpec("full"))
-        runs[graphs] = tune(unet, params, clip, alphas, TuneSettings(steps=8, lr=1e-4, cuda_graphs=graphs))
+        runs[graphs] = tune(unet, params, clip, alphas, TuneSettings(steps=8, lr=1e-4),
+                             runtime=Runtime(cuda_graphs=graphs))
     assert all(np.isfinite(runs[True]))
     assert max(abs(a - b) for a, b in zip(runs[False], runs[True])) < 1e-2, runs
 

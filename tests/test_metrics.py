@@ -20,7 +20,8 @@ import pytest
 import torch
 from PIL import Image
 
-from tavcli.method.metrics import DEFAULT_CLIP, MetricsError, Scorer
+from tavcli.errors import BadInput
+from tavcli.method.metrics import DEFAULT_CLIP, Scorer
 
 SIZE = 32  # the tiny CLIP's input resolution (shortest_edge and crop)
 MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP's, written out so the reference does not read them back
@@ -202,9 +203,9 @@ def test_hub_format_preprocessor_config(clip_dir, tmp_path):
 
 def test_one_frame_has_no_consistency(scorer):
     one = _frames(1, SIZE, SIZE, seed=9)
-    with pytest.raises(MetricsError, match="at least 2 frames"):
+    with pytest.raises(BadInput, match="at least 2 frames"):
         scorer.frame_consistency(one)
-    with pytest.raises(MetricsError, match="at least 2 frames"):
+    with pytest.raises(BadInput, match="at least 2 frames"):
         scorer.score(one, "a cat")
     assert math.isfinite(scorer.clip_score(one, "a cat"))  # the CLIP score of one frame is still defined
 
@@ -214,7 +215,7 @@ def test_empty_prompt(scorer, prompt):
     frames = _frames(2, SIZE, SIZE, seed=10)
     for call in (lambda: scorer.clip_score(frames, prompt), lambda: scorer.score(frames, prompt),
                  lambda: scorer.text_embedding(prompt)):
-        with pytest.raises(MetricsError, match="empty prompt"):
+        with pytest.raises(BadInput, match="empty prompt"):
             call()
 
 
@@ -225,19 +226,19 @@ def test_empty_prompt(scorer, prompt):
     np.zeros((0, SIZE, SIZE, 3), np.uint8),  # no frames
 ])
 def test_bad_frames(scorer, frames):
-    with pytest.raises(MetricsError):
+    with pytest.raises(BadInput):
         scorer.image_embeddings(frames)
 
 
 def test_missing_model_path(tmp_path):
-    with pytest.raises(MetricsError, match="--clip PATH") as info:
+    with pytest.raises(BadInput, match="--clip PATH") as info:
         Scorer.load(str(tmp_path / "no-such-clip"))
     assert "\n" not in str(info.value)
 
 
 def test_folder_that_is_not_a_clip_model(tmp_path):
     (tmp_path / "config.json").write_text("{}")
-    with pytest.raises(MetricsError, match="could not load a CLIP model") as info:
+    with pytest.raises(BadInput, match="could not load a CLIP model") as info:
         Scorer.load(str(tmp_path))
     assert "\n" not in str(info.value)
 
@@ -246,8 +247,8 @@ def test_hub_id_not_cached_offline(tmp_path):
     """A subprocess, so HF_HUB_OFFLINE and an empty cache apply from import (huggingface_hub reads them once)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
     env.pop("HF_HUB_CACHE", None)
-    code = ("from tavcli.method.metrics import Scorer, MetricsError\n"
-            "try:\n    Scorer.load()\nexcept MetricsError as e:\n    print('ERR', e)\n")
+    code = ("from tavcli.method.metrics import Scorer, BadInput\n"
+            "try:\n    Scorer.load()\nexcept BadInput as e:\n    print('ERR', e)\n")
     run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
                          cwd=Path(__file__).resolve().parents[1])
     lines = [line for line in run.stdout.splitlines() if line.startswith("ERR ")]
@@ -265,8 +266,8 @@ def test_no_torchvision_warning(clip_dir):
 
 
 def test_bad_device(clip_dir):
-    with pytest.raises(MetricsError, match="device"):
+    with pytest.raises(BadInput, match="device"):
         Scorer.load(str(clip_dir), device="not-a-device")
     if not torch.cuda.is_available():
-        with pytest.raises(MetricsError, match="no CUDA GPU"):
+        with pytest.raises(BadInput, match="no CUDA GPU"):
             Scorer.load(str(clip_dir), device="cuda")

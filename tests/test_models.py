@@ -4,8 +4,17 @@ import numpy as np
 import pytest
 import torch
 
-from tavcli.method.models import (BaseModelError, decode_latents, encode_frames, encode_prompts, fingerprint, load_base,
-                           locate_base, resolve_device, resolve_dtype)
+from tavcli.errors import BadInput
+from tavcli.method.models import (
+    decode_latents,
+    encode_frames,
+    encode_prompts,
+    fingerprint,
+    load_base,
+    locate_base,
+    resolve_device,
+    resolve_dtype,
+)
 
 
 def test_local_folder_loads_frozen_fp32_on_cpu(tiny_base):
@@ -29,12 +38,12 @@ def test_latents_are_4_by_h8_by_w8_and_scaled(tiny_base):
 
 
 def test_folder_errors_are_clear(tmp_path, tiny_base_dir):
-    with pytest.raises(BaseModelError, match="missing .*unet"):
+    with pytest.raises(BadInput, match="missing .*unet"):
         locate_base(str(tmp_path))
     (tmp_path / "model.safetensors").write_bytes(b"x")
-    with pytest.raises(BaseModelError, match="single file"):
+    with pytest.raises(BadInput, match="single file"):
         locate_base(str(tmp_path / "model.safetensors"))
-    with pytest.raises(BaseModelError, match="neither a folder nor a hub id"):
+    with pytest.raises(BadInput, match="neither a folder nor a hub id"):
         locate_base("no-such-folder")
 
 
@@ -44,7 +53,7 @@ def test_hub_id_offline_with_an_empty_cache_says_how_to_get_the_weights(tmp_path
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(hf, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(hf, "HF_HUB_CACHE", str(tmp_path))
-    with pytest.raises(BaseModelError) as e:
+    with pytest.raises(BadInput) as e:
         load_base("CompVis/stable-diffusion-v1-4", device="cpu")
     msg = str(e.value)
     assert "HF_HUB_OFFLINE" in msg and "hf download CompVis/stable-diffusion-v1-4" in msg and "--base" in msg
@@ -59,7 +68,7 @@ def test_dtypes_and_devices():
     assert resolve_device("cpu") == cpu
     if not torch.cuda.is_available():
         assert resolve_device("auto") == cpu
-        with pytest.raises(BaseModelError, match="no CUDA GPU"):
+        with pytest.raises(BadInput, match="no CUDA GPU"):
             resolve_device("cuda")
 
 

@@ -14,11 +14,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from tavcli.method.adapters import AdapterSpec, adapter_state, attach, load_adapter, save_adapter
-from tavcli.method.attention import inflate, video_forward
-from tavcli.method.models import load_base
-from tavcli.app.official import (
-    OfficialError,
+from tavcli.app.official.layout import (
     official_keys,
     official_state,
     official_unet_config,
@@ -26,6 +22,10 @@ from tavcli.app.official import (
     to_adapter_state,
     write_official,
 )
+from tavcli.errors import BadInput
+from tavcli.method.adapters import AdapterSpec, adapter_state, attach, load_adapter, save_adapter
+from tavcli.method.attention import inflate, video_forward
+from tavcli.method.models import load_base
 from tests.conftest import TINY_UNET, make_tiny_unet
 
 # unet/config.json as the official save_pretrained writes it for TINY_UNET: all of UNet3DConditionModel's
@@ -157,7 +157,7 @@ def test_unknown_key_is_refused(tmp_path):
     unet = inflate(make_tiny_unet())
     state = official_state_from(unet)
     state[f"{BLOCK}.attn_temp.to_q.bias"] = torch.zeros(32)
-    with pytest.raises(OfficialError, match=r"no place in tav's UNet \(e\.g\. .*attn_temp\.to_q\.bias\)"):
+    with pytest.raises(BadInput, match=r"no place in tav's UNet \(e\.g\. .*attn_temp\.to_q\.bias\)"):
         to_adapter_state(state, unet)
 
 
@@ -165,7 +165,7 @@ def test_missing_key_is_refused(tmp_path):
     unet = inflate(make_tiny_unet())
     state = official_state_from(unet)
     del state["mid_block.attentions.0.transformer_blocks.0.attn_temp.to_v.weight"]
-    with pytest.raises(OfficialError, match=r"1 tensors .* missing .*mid_block\.attentions\.0\..*attn_temp\.to_v"):
+    with pytest.raises(BadInput, match=r"1 tensors .* missing .*mid_block\.attentions\.0\..*attn_temp\.to_v"):
         to_adapter_state(state, unet)
 
 
@@ -173,15 +173,15 @@ def test_changed_frozen_weight_or_other_shape_is_refused():
     unet = inflate(make_tiny_unet())
     state = official_state_from(unet)
     state["up_blocks.1.resnets.0.conv1.bias"] = state["up_blocks.1.resnets.0.conv1.bias"] + 1e-3
-    with pytest.raises(OfficialError, match=r"1 weights differ from the base \(e\.g\. up_blocks\.1\.resnets\.0"
+    with pytest.raises(BadInput, match=r"1 weights differ from the base \(e\.g\. up_blocks\.1\.resnets\.0"
                                             r"\.conv1\.bias\); pass the base model it was tuned from with --base"):
         to_adapter_state(state, unet)
     state = official_state_from(unet)
     state["conv_in.weight"] = torch.zeros(32, 4, 1, 1)
-    with pytest.raises(OfficialError, match=r"conv_in\.weight is \(32, 4, 1, 1\) .* \(32, 4, 3, 3\)"):
+    with pytest.raises(BadInput, match=r"conv_in\.weight is \(32, 4, 1, 1\) .* \(32, 4, 3, 3\)"):
         to_adapter_state(state, unet)
     config = OFFICIAL_TINY_CONFIG | {"attention_head_dim": 4}  # same shapes, other heads
-    with pytest.raises(OfficialError, match="attention_head_dim=4"):
+    with pytest.raises(BadInput, match="attention_head_dim=4"):
         to_adapter_state(official_state_from(unet), unet, config)
 
 
@@ -189,7 +189,7 @@ def test_tuned_norm_temp_is_refused():
     unet = inflate(make_tiny_unet())
     state = official_state_from(unet)
     state[f"{BLOCK}.norm_temp.bias"] = torch.full((32,), 0.1)
-    with pytest.raises(OfficialError, match="norm_temp.bias is not at its initial value 0.*tav neither tunes"):
+    with pytest.raises(BadInput, match="norm_temp.bias is not at its initial value 0.*tav neither tunes"):
         to_adapter_state(state, unet)
 
 
@@ -199,15 +199,15 @@ def test_a_bin_that_is_not_plain_tensors_is_refused_without_running_it(tmp_path)
     write_official_folder(tmp_path / "run", state)
     marker = tmp_path / "pwned"
     torch.save({**state, "x": Evil(marker)}, tmp_path / "run" / "unet" / "diffusion_pytorch_model.bin")
-    with pytest.raises(OfficialError, match=r"not a plain tensor file that torch\.load\(weights_only=True\)"):
+    with pytest.raises(BadInput, match=r"not a plain tensor file that torch\.load\(weights_only=True\)"):
         read_official(tmp_path / "run")
     assert not marker.exists()
     torch.save([1, 2], tmp_path / "run" / "unet" / "diffusion_pytorch_model.bin")  # loads, but is no state dict
-    with pytest.raises(OfficialError, match="holds a list, not a state dict"):
+    with pytest.raises(BadInput, match="holds a list, not a state dict"):
         read_official(tmp_path / "run")
     torch.save(Evil(marker), tmp_path / "run" / "inv_latents" / "ddim_latent-99.pt")
     torch.save(state, tmp_path / "run" / "unet" / "diffusion_pytorch_model.bin")
-    with pytest.raises(OfficialError, match="ddim_latent-99.pt is not a plain tensor file"):
+    with pytest.raises(BadInput, match="ddim_latent-99.pt is not a plain tensor file"):
         read_official(tmp_path / "run")
     assert not marker.exists()
 
@@ -225,16 +225,16 @@ def test_safetensors_is_preferred_over_the_bin(tmp_path):
 
 
 def test_folders_that_are_not_official_runs_are_refused(tmp_path):
-    with pytest.raises(OfficialError, match="does not exist"):
+    with pytest.raises(BadInput, match="does not exist"):
         read_official(tmp_path / "nothing")
-    with pytest.raises(OfficialError, match="has no unet/config.json"):
+    with pytest.raises(BadInput, match="has no unet/config.json"):
         read_official(tmp_path)
     (tmp_path / "unet").mkdir()
     (tmp_path / "unet" / "config.json").write_text(json.dumps({"_class_name": "UNet2DConditionModel"}))
-    with pytest.raises(OfficialError, match="UNet2DConditionModel config, not the official UNet3DConditionModel"):
+    with pytest.raises(BadInput, match="UNet2DConditionModel config, not the official UNet3DConditionModel"):
         read_official(tmp_path)
     (tmp_path / "unet" / "config.json").write_text(json.dumps(OFFICIAL_TINY_CONFIG))
-    with pytest.raises(OfficialError, match="has neither diffusion_pytorch_model.safetensors nor"):
+    with pytest.raises(BadInput, match="has neither diffusion_pytorch_model.safetensors nor"):
         read_official(tmp_path)
 
 
@@ -253,9 +253,9 @@ def test_official_layout_and_config_for_a_stock_unet():
     assert keys == set(sd.state_dict()) and len(keys) == 798
     assert "down_blocks.2.attentions.1.transformer_blocks.0.attn_temp.to_out.0.bias" in keys
     assert "down_blocks.3.downsamplers.0.conv.weight" not in keys and "up_blocks.3.upsamplers.0.conv.weight" not in keys
-    with pytest.raises(OfficialError, match="'AttnDownBlock2D' has no official 3-D counterpart"):
+    with pytest.raises(BadInput, match="'AttnDownBlock2D' has no official 3-D counterpart"):
         official_unet_config(TINY_UNET | {"down_block_types": ("AttnDownBlock2D", "DownBlock2D")})
-    with pytest.raises(OfficialError, match="transformer_layers_per_block=2"):
+    with pytest.raises(BadInput, match="transformer_layers_per_block=2"):
         official_unet_config(TINY_UNET | {"transformer_layers_per_block": 2})
 
 
@@ -478,7 +478,7 @@ def test_export_refuses_a_non_empty_target_and_leaves_nothing_on_failure(base_di
     target = tmp_path / "out"
     target.mkdir()
     (target / "keep.txt").write_text("mine")
-    with pytest.raises(OfficialError, match="already exists and is not empty"):
+    with pytest.raises(BadInput, match="already exists and is not empty"):
         write_official(target, state, dict(unet.config), base.folder)
     assert [p.name for p in target.iterdir()] == ["keep.txt"] and (target / "keep.txt").read_text() == "mine"
     assert sorted(os.listdir(tmp_path)) == ["out"]
@@ -494,10 +494,10 @@ def test_export_refuses_a_non_empty_target_and_leaves_nothing_on_failure(base_di
     assert not (tmp_path / "new").exists()
     assert sorted(os.listdir(tmp_path)) == ["bad-base", "out"]  # no partial folder left
 
-    with pytest.raises(OfficialError, match="lacks vae/"):
+    with pytest.raises(BadInput, match="lacks vae/"):
         write_official(tmp_path / "new", state, dict(unet.config), tmp_path / "out")
     del state["conv_in.bias"]
-    with pytest.raises(OfficialError, match=r"1 keys off the official layout \(e\.g\. conv_in\.bias\)"):
+    with pytest.raises(BadInput, match=r"1 keys off the official layout \(e\.g\. conv_in\.bias\)"):
         write_official(tmp_path / "new", state, dict(unet.config), base.folder)
     assert not (tmp_path / "new").exists()
     empty = tmp_path / "empty"

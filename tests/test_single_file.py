@@ -16,8 +16,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from tavcli.method.models import (BaseModelError, base_identity, fingerprint, load_base, matches_identity, read_checkpoint,
-                           sha256_file)
+from tavcli.errors import BadInput
+from tavcli.method.models import base_identity, fingerprint, load_base, matches_identity, read_checkpoint, sha256_file
 
 SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # the config repo diffusers picks for an SD1.x checkpoint
 UNSAFE_LOADS: list[str] = []  # filled if unpickling ever runs code from a .ckpt
@@ -213,7 +213,7 @@ def test_ckpt_loads_the_same_with_a_pickle_warning(ldm_state, tiny_base_dir, fol
 def test_ckpt_with_a_python_object_is_refused_without_running_it(ldm_state, tiny_base_dir, tmp_path):
     path = tmp_path / "trap.ckpt"
     torch.save({"state_dict": ldm_state, "callbacks": PickledTrap()}, path)
-    with pytest.warns(UserWarning), pytest.raises(BaseModelError) as e:
+    with pytest.warns(UserWarning), pytest.raises(BadInput) as e:
         load_base(str(path), device="cpu", config=str(tiny_base_dir))
     msg = one_line(e)
     assert str(path) in msg and ".safetensors" in msg
@@ -221,7 +221,7 @@ def test_ckpt_with_a_python_object_is_refused_without_running_it(ldm_state, tiny
 
 
 def test_no_config_offline_says_to_pass_base_config(single_file, offline_cache):
-    with pytest.raises(BaseModelError) as e:
+    with pytest.raises(BadInput) as e:
         load_base(str(single_file), device="cpu")
     msg = one_line(e)
     assert "single-file checkpoint" in msg and "--base-config PATH" in msg and SD15 in msg
@@ -271,7 +271,7 @@ def test_files_that_are_not_sd1_checkpoints_are_refused(case, expected, ldm_stat
     elif case == "unknown suffix":
         path = tmp_path / "model.bin"
         path.write_bytes(b"x")
-    with pytest.raises(BaseModelError) as e:
+    with pytest.raises(BadInput) as e:
         load_base(str(path), device="cpu", config=str(tiny_base_dir))
     assert expected in one_line(e)
 
@@ -282,18 +282,18 @@ def test_a_config_of_another_architecture_is_refused(single_file, tiny_base_dir,
     config = json.loads((other / "unet" / "config.json").read_text())
     config["cross_attention_dim"] = 64
     (other / "unet" / "config.json").write_text(json.dumps(config))
-    with pytest.raises(BaseModelError) as e:
+    with pytest.raises(BadInput) as e:
         load_base(str(single_file), device="cpu", config=str(other))
     assert "do not fit the SD1.x configuration" in one_line(e)
-    with pytest.raises(BaseModelError) as e:
+    with pytest.raises(BadInput) as e:
         load_base(str(single_file), device="cpu", config=str(tmp_path))  # not a diffusers folder at all
     assert "lacks unet/config.json" in one_line(e)
 
 
 def test_config_and_revision_only_where_they_apply(single_file, tiny_base_dir):
-    with pytest.raises(BaseModelError, match="only for single-file"):
+    with pytest.raises(BadInput, match="only for single-file"):
         load_base(str(tiny_base_dir), device="cpu", config=str(tiny_base_dir))
-    with pytest.raises(BaseModelError, match="revision applies to hub ids"):
+    with pytest.raises(BadInput, match="revision applies to hub ids"):
         load_base(str(single_file), device="cpu", revision="main", config=str(tiny_base_dir))
 
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import platformdirs
 import pytest
 
-from tavcli.app.store import (SCHEMA, AmbiguousRefError, Artifact, CorruptArtifactError, ExportError, NotFoundError,
-                          Store, StoreError, default_root)
+from tavcli.app.store import SCHEMA, Artifact, Store, default_root
+from tavcli.errors import BadInput, Corrupt, NotFound
 
 FILES = {
     "adapter/adapter_config.json": b'{"peft_type": "TAV_FULL"}',
@@ -74,7 +74,7 @@ def test_commit_puts_a_complete_artifact_with_content_id(store):
     for rel, data in FILES.items():
         assert on_disk["files"][rel] == {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
         assert art.file(rel).read_bytes() == data
-    with pytest.raises(CorruptArtifactError, match="no file 'nope'"):
+    with pytest.raises(Corrupt, match="no file 'nope'"):
         art.file("nope")
     assert snapshot(store) == ([art.id], [])  # the stage went by rename, its lock with it
 
@@ -106,20 +106,20 @@ def test_staging_is_removed_when_the_block_fails(store, exc):
 def test_commit_refuses_a_stage_outside_tmp_and_a_staged_manifest(store, tmp_path):
     outside = tmp_path / "elsewhere"
     outside.mkdir()
-    with pytest.raises(StoreError, match="not a staging dir"):
+    with pytest.raises(BadInput, match="not a staging dir"):
         store.commit(outside, {"prompt": "p"})
     with store.staging() as stage:
         (stage / "manifest.json").write_text("{}")
-        with pytest.raises(StoreError, match="manifest.json"):
+        with pytest.raises(BadInput, match="manifest.json"):
             store.commit(stage, {"prompt": "p"})
-    with store.staging() as stage, pytest.raises(StoreError, match="not JSON"):
+    with store.staging() as stage, pytest.raises(BadInput, match="not JSON"):
         store.commit(stage, {"prompt": object()})
     assert snapshot(store) == ([], [])
 
 
 @pytest.mark.parametrize("bad", ["", "a b", "x" * 65, "a/b", "abcd", "deadbeef", "0123", "é"])
 def test_bad_names_are_refused(store, bad):
-    with pytest.raises(StoreError):
+    with pytest.raises(BadInput):
         put(store, {"name": bad})
     assert snapshot(store) == ([], [])
 
@@ -132,7 +132,7 @@ def test_good_names_are_accepted(store, good):
 
 def test_a_taken_name_is_refused_with_the_fix(store):
     a = put(store, {"name": "ski", "prompt": "one"})
-    with pytest.raises(StoreError) as e:
+    with pytest.raises(BadInput) as e:
         put(store, {"name": "ski", "prompt": "two"})
     assert str(e.value) == f"name 'ski' is taken by {a.short_id}; choose another --name or `tav rm ski`"
     assert snapshot(store) == ([a.id], [])
@@ -158,12 +158,12 @@ def test_resolve_by_id_prefix_and_name(store):
     assert store.resolve(a.id) == a
     assert store.resolve(a.id[:4]) == a and store.resolve(b.short_id) == b
     assert store.resolve("skiing") == a
-    with pytest.raises(NotFoundError, match="no artifact matches 'surfing'; see `tav list`"):
+    with pytest.raises(NotFound, match="no artifact matches 'surfing'; see `tav list`"):
         store.resolve("surfing")
-    with pytest.raises(NotFoundError, match="at least 4 characters"):
+    with pytest.raises(NotFound, match="at least 4 characters"):
         store.resolve(a.id[:3])
     unused = next(p for p in ("0000", "ffff", "1234", "abcd") if not any(x.id.startswith(p) for x in (a, b)))
-    with pytest.raises(NotFoundError):
+    with pytest.raises(NotFound):
         store.resolve(unused)
 
 
@@ -183,7 +183,7 @@ def test_an_ambiguous_prefix_lists_the_candidates(store):
         seen[prefix] = manifest
     a, b = put(store, seen[prefix], {}), put(store, manifest, {})
     assert a.id[:4] == b.id[:4] == prefix and a.id != b.id
-    with pytest.raises(AmbiguousRefError) as e:
+    with pytest.raises(BadInput) as e:
         store.resolve(prefix)
     assert str(e.value) == (f"'{prefix}' matches 2 artifacts: {a.short_id} ({a.name}), {b.short_id} ({b.name}); "
                             "use more characters")
@@ -200,14 +200,14 @@ def test_verify_detects_a_flipped_byte_a_deleted_file_and_a_broken_manifest(stor
     data = bytearray(weights.read_bytes())
     data[100] ^= 0x01
     weights.write_bytes(bytes(data))
-    with pytest.raises(CorruptArtifactError, match="adapter/adapter_model.safetensors.*sha256"):
+    with pytest.raises(Corrupt, match="adapter/adapter_model.safetensors.*sha256"):
         store.verify(art)
     weights.write_bytes(FILES["adapter/adapter_model.safetensors"])
     store.verify(art)
     (art.path / "preview.gif").unlink()
-    with pytest.raises(CorruptArtifactError, match="'preview.gif'.*missing"):
+    with pytest.raises(Corrupt, match="'preview.gif'.*missing"):
         store.verify(art)
-    with pytest.raises(CorruptArtifactError, match="'preview.gif'.*missing"):
+    with pytest.raises(Corrupt, match="'preview.gif'.*missing"):
         art.file("preview.gif")
     (art.path / "preview.gif").write_bytes(FILES["preview.gif"])
     (art.path / "extra.txt").write_text("fine")  # an extra file is not corruption
@@ -215,10 +215,10 @@ def test_verify_detects_a_flipped_byte_a_deleted_file_and_a_broken_manifest(stor
     manifest = json.loads((art.path / "manifest.json").read_text())
     manifest["prompt"] = "edited by hand"
     (art.path / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(CorruptArtifactError, match="does not match its id"):
+    with pytest.raises(Corrupt, match="does not match its id"):
         store.verify(art)
     (art.path / "manifest.json").write_text("{")
-    with pytest.raises(CorruptArtifactError, match="unreadable"):
+    with pytest.raises(Corrupt, match="unreadable"):
         store.verify(art)
 
 
@@ -233,7 +233,7 @@ def test_edits_append_and_survive_a_torn_line(store):
     assert art.edits() == [{"prompt": "a woman is skiing", "seed": 1}, {"prompt": "a panda is skiing", "seed": 2}]
     assert (art.path / "edits.jsonl").read_bytes().endswith(b'\n{"prompt":"a panda is skiing","seed":2}\n')
     store.verify(art)  # the log is not hashed
-    with pytest.raises(StoreError):
+    with pytest.raises(BadInput):
         store.append_edit(art, {"x": float("nan")})
 
 
@@ -291,9 +291,9 @@ def test_remove(store):
     store.remove(gone)
     assert not gone.path.exists()
     assert snapshot(store) == ([keep.id], [])
-    with pytest.raises(NotFoundError):
+    with pytest.raises(NotFound):
         store.resolve("gone")
-    with pytest.raises(NotFoundError):
+    with pytest.raises(NotFound):
         store.remove(gone)
     assert put(store, {"name": "gone", "prompt": "new"}).name == "gone"  # the name is free again
 
@@ -337,12 +337,12 @@ def test_export_refuses_an_existing_dest_without_force_and_a_wrong_suffix(store,
     art = put(store, {"prompt": "p"})
     dest = tmp_path / "out.tav"
     dest.write_bytes(b"precious")
-    with pytest.raises(ExportError, match="exists; use --force to overwrite"):
+    with pytest.raises(BadInput, match="exists; use --force to overwrite"):
         store.export(art, dest)
     assert dest.read_bytes() == b"precious"
     store.export(art, dest, force=True)
     assert zipfile.is_zipfile(dest)
-    with pytest.raises(ExportError, match=r"\.tav"):
+    with pytest.raises(BadInput, match=r"\.tav"):
         store.export(art, tmp_path / "out.zip")
     assert not (tmp_path / "out.zip").exists()
 
@@ -350,7 +350,7 @@ def test_export_refuses_an_existing_dest_without_force_and_a_wrong_suffix(store,
 def test_export_refuses_a_corrupt_artifact(store, tmp_path):
     art = put(store, {"prompt": "p"})
     (art.path / "preview.gif").write_bytes(b"changed")
-    with pytest.raises(CorruptArtifactError):
+    with pytest.raises(Corrupt):
         store.export(art, tmp_path / "out.tav")
     assert not (tmp_path / "out.tav").exists()
 
@@ -386,19 +386,19 @@ def _newer_schema(name: str, data: bytes) -> bytes:
 
 
 @pytest.mark.parametrize("case, error, match", [
-    ("not-zip", ExportError, "not a tav export"),
-    ("no-manifest", ExportError, "no manifest.json"),
-    ("dotdot", ExportError, "unsafe"),
-    ("absolute", ExportError, "unsafe"),
-    ("files-dotdot", ExportError, "unsafe"),
-    ("backslash", ExportError, "unsafe"),
-    ("drive", ExportError, "unsafe"),
-    ("stray-member", ExportError, "unsafe"),
-    ("missing-file", ExportError, "not in it"),
-    ("extra-file", ExportError, "not in its manifest"),
-    ("newer-schema", ExportError, "upgrade tav"),
-    ("altered-file", CorruptArtifactError, "sha256"),
-    ("altered-manifest", CorruptArtifactError, "does not match its id"),
+    ("not-zip", BadInput, "not a tav export"),
+    ("no-manifest", BadInput, "no manifest.json"),
+    ("dotdot", BadInput, "unsafe"),
+    ("absolute", BadInput, "unsafe"),
+    ("files-dotdot", BadInput, "unsafe"),
+    ("backslash", BadInput, "unsafe"),
+    ("drive", BadInput, "unsafe"),
+    ("stray-member", BadInput, "unsafe"),
+    ("missing-file", BadInput, "not in it"),
+    ("extra-file", BadInput, "not in its manifest"),
+    ("newer-schema", BadInput, "upgrade tav"),
+    ("altered-file", Corrupt, "sha256"),
+    ("altered-manifest", Corrupt, "does not match its id"),
 ])
 def test_import_refuses_bad_exports_and_leaves_the_store_unchanged(tmp_path, exported, case, error, match):
     target = Store(tmp_path / "target")
@@ -438,9 +438,9 @@ def test_import_refuses_bad_exports_and_leaves_the_store_unchanged(tmp_path, exp
 
 
 def test_import_of_a_missing_path_or_a_directory_is_an_export_error(store, tmp_path):
-    with pytest.raises(ExportError):
+    with pytest.raises(BadInput):
         store.import_file(tmp_path / "nope.tav")
-    with pytest.raises(ExportError):
+    with pytest.raises(BadInput):
         store.import_file(tmp_path)
     assert snapshot(store) == ([], [])
 
@@ -448,7 +448,7 @@ def test_import_of_a_missing_path_or_a_directory_is_an_export_error(store, tmp_p
 def test_import_under_a_taken_name_is_refused(store, exported):
     put(store, {"name": "skiing", "prompt": "something else"})
     before = snapshot(store)
-    with pytest.raises(StoreError, match="name 'skiing' is taken"):
+    with pytest.raises(BadInput, match="name 'skiing' is taken"):
         store.import_file(exported)
     assert snapshot(store) == before
 

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tavcli.method.video import Clip, FrameSampling, VideoError, read_video, resize_frames, sample_indices, write_video
+from tavcli.errors import BadInput
+from tavcli.method.video import Clip, FrameSampling, read_video, resize_frames, sample_indices, write_video
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
@@ -116,18 +117,19 @@ def test_uniform_sampling_is_linspace_and_strictly_increasing() -> None:
 @pytest.mark.parametrize(
     ("total", "sampling", "words"),
     [
-        (5, FrameSampling(8), ["has 5 frames", "asked for 8", "--frames 5"]),
-        (20, FrameSampling(8, start=15), ["has 20 frames", "from frame 15", "--frames 5"]),
-        (20, FrameSampling(5, stride=5), ["has 20 frames", "stride 5", "needs frame 20", "--stride 4"]),
-        (20, FrameSampling(2, start=20), ["start 20", "--start 19"]),
-        (20, FrameSampling(0), ["frames", "0"]),
-        (20, FrameSampling(2, start=-1), ["start", "-1"]),
-        (20, FrameSampling(2, stride=0), ["stride", "0"]),
+        (5, lambda: FrameSampling(8), ["has 5 frames", "asked for 8", "--frames 5"]),
+        (20, lambda: FrameSampling(8, start=15), ["has 20 frames", "from frame 15", "--frames 5"]),
+        (20, lambda: FrameSampling(5, stride=5), ["has 20 frames", "stride 5", "needs frame 20", "--stride 4"]),
+        (20, lambda: FrameSampling(2, start=20), ["start 20", "--start 19"]),
+        (20, lambda: FrameSampling(0), ["frames", "0"]),
+        (20, lambda: FrameSampling(2, start=-1), ["start", "-1"]),
+        (20, lambda: FrameSampling(2, stride=0), ["stride", "0"]),
     ],
 )
-def test_sample_indices_errors(total: int, sampling: FrameSampling, words: list[str]) -> None:
-    with pytest.raises(VideoError) as err:
-        sample_indices(total, sampling)
+def test_sample_indices_errors(total: int, sampling, words: list[str]) -> None:
+    """A bad sampling is refused when it is made (its bounds) or when it meets the clip."""
+    with pytest.raises(BadInput) as err:
+        sample_indices(total, sampling())
     for word in words:
         assert word in str(err.value)
 
@@ -159,12 +161,12 @@ def test_read_mp4_other_sizes(ramp_mp4: Path, width: int, height: int, resize: s
 
 def test_read_mp4_too_few_frames(tmp_path: Path) -> None:
     path = make_mp4(tmp_path / "clip.mp4", ramp_frames(5))
-    with pytest.raises(VideoError, match=r"clip\.mp4 has 5 frames; asked for 8 \(use --frames 5"):
+    with pytest.raises(BadInput, match=r"clip\.mp4 has 5 frames; asked for 8 \(use --frames 5"):
         read_video(path, width=96, height=64)
 
 
 def test_read_mp4_stride_overrun(ramp_mp4: Path) -> None:
-    with pytest.raises(VideoError, match=r"ramp\.mp4 has 20 frames.*stride 3"):
+    with pytest.raises(BadInput, match=r"ramp\.mp4 has 20 frames.*stride 3"):
         read_video(ramp_mp4, FrameSampling(8, stride=3))
 
 
@@ -223,7 +225,7 @@ def test_resize_frames_accepts_rgba_gray_and_strided() -> None:
     [({"width": 500}, ["500", "496 or 504"]), ({"height": 0}, ["height 0"]), ({"resize": "fit"}, ["'fit'", "crop"])],
 )
 def test_bad_size_or_mode(ramp_mp4: Path, kwargs: dict, words: list[str]) -> None:
-    with pytest.raises(VideoError) as err:
+    with pytest.raises(BadInput) as err:
         read_video(ramp_mp4, **kwargs)
     assert all(word in str(err.value) for word in words)
 
@@ -302,14 +304,14 @@ def test_bad_files(tmp_path: Path) -> None:
         make_wav(tmp_path / "sound.wav").name: "no video stream",
     }
     for name, words in cases.items():
-        with pytest.raises(VideoError) as err:
+        with pytest.raises(BadInput) as err:
             read_video(tmp_path / name, FrameSampling(8), width=64, height=64)
-        assert type(err.value) is VideoError
+        assert type(err.value) is BadInput
         assert name in str(err.value) and words in str(err.value), str(err.value)
 
 
 def test_empty_frame_directory(tmp_path: Path) -> None:
-    with pytest.raises(VideoError, match="no image frames"):
+    with pytest.raises(BadInput, match="no image frames"):
         read_video(tmp_path)
 
 
@@ -358,7 +360,7 @@ def test_write_gif_round_trip(tmp_path: Path) -> None:
     ],
 )
 def test_write_rejects(tmp_path: Path, name: str, frames: np.ndarray, words: str) -> None:
-    with pytest.raises(VideoError) as err:
+    with pytest.raises(BadInput) as err:
         write_video(tmp_path / name, frames)
     assert words in str(err.value)
     assert list(tmp_path.iterdir()) == []

@@ -34,6 +34,8 @@ from typing import Iterator
 import platformdirs
 from filelock import FileLock, Timeout
 
+from tavcli.errors import BadInput, Corrupt, NotFound
+
 SCHEMA = 1
 STALE_SECONDS = 3600  # a staging dir this old, and not locked by a live process, is a crash's leftover
 LOCK_TIMEOUT = 60.0  # seconds; locks are held for renames and appends only, never while hashing or copying
@@ -45,24 +47,9 @@ _RESERVED = ("manifest.json", "edits.jsonl")  # the store's own files in an arti
 _CHUNK = 1 << 20
 
 
-class StoreError(Exception):
-    """Base of the store's errors; the message is one line naming the problem and the fix."""
 
 
-class NotFoundError(StoreError):
-    """No artifact matches a ref."""
 
-
-class AmbiguousRefError(StoreError):
-    """Several artifacts match a ref."""
-
-
-class CorruptArtifactError(StoreError):
-    """A file is missing or does not match its hash, or a manifest is unreadable or altered."""
-
-
-class ExportError(StoreError):
-    """An export target that exists, or an import file that is not a sound tav export."""
 
 
 def default_root() -> Path:
@@ -90,10 +77,10 @@ class Artifact:
 
     def file(self, rel: str) -> Path:
         if rel not in self.manifest["files"]:
-            raise CorruptArtifactError(f"artifact {self.short_id} has no file '{rel}'; "
+            raise Corrupt(f"artifact {self.short_id} has no file '{rel}'; "
                                        f"it has {', '.join(self.manifest['files']) or 'none'}")
         if not (self.path / rel).is_file():
-            raise CorruptArtifactError(f"file '{rel}' of {self.short_id} is missing; {_redo(self)}")
+            raise Corrupt(f"file '{rel}' of {self.short_id} is missing; {_redo(self)}")
         return self.path / rel
 
     def edits(self) -> list[dict]:
@@ -132,20 +119,20 @@ class Store:
         stage = Path(stage)
         # Same directory, same filesystem: the final rename is atomic.
         if not stage.is_dir() or stage.resolve().parent != self._tmp.resolve():
-            raise StoreError(f"{stage} is not a staging dir of this store; create one with Store.staging()")
+            raise BadInput(f"{stage} is not a staging dir of this store; create one with Store.staging()")
         if (stage / "manifest.json").exists():
-            raise StoreError(f"{stage} holds a manifest.json; the store writes it, pass the fields to commit()")
+            raise BadInput(f"{stage} holds a manifest.json; the store writes it, pass the fields to commit()")
         if not isinstance(manifest, dict):
-            raise StoreError(f"manifest must be a dict, got {type(manifest).__name__}; pass a dict of JSON values")
+            raise BadInput(f"manifest must be a dict, got {type(manifest).__name__}; pass a dict of JSON values")
         try:  # a deep copy in JSON types (tuples become lists), so the id is the same once read back
             content = json.loads(_canonical(manifest))
         except (TypeError, ValueError) as e:
-            raise StoreError(f"manifest is not JSON ({e}); pass only str, numbers, bools, lists and dicts") from None
+            raise BadInput(f"manifest is not JSON ({e}); pass only str, numbers, bools, lists and dicts") from None
         _check_name(content.get("name"))
         content.pop("id", None)
         created = content.pop("created", None) or datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         if not isinstance(created, str):
-            raise StoreError(f"manifest 'created' must be an ISO 8601 string, got {created!r}; leave it out")
+            raise BadInput(f"manifest 'created' must be an ISO 8601 string, got {created!r}; leave it out")
         content.update(schema=SCHEMA, files=_scan(stage))
         full = {**content, "id": _content_id(content), "created": created}
         dest = self._artifacts / full["id"]
@@ -171,7 +158,7 @@ class Store:
         _check_name(name)
         for other in self.list() if name is not None else []:
             if other.name == name:
-                raise StoreError(f"name '{name}' is taken by {other.short_id}; "
+                raise BadInput(f"name '{name}' is taken by {other.short_id}; "
                                  f"choose another --name or `tav rm {name}`")
 
     def list(self) -> list[Artifact]:
@@ -180,7 +167,7 @@ class Store:
             if _ID.fullmatch(path.name):
                 try:
                     found.append(self._load(path))
-                except CorruptArtifactError:
+                except Corrupt:
                     continue  # listing must not fail on one damaged dir
         return sorted(found, key=lambda a: (a.created, a.id))
 
@@ -195,33 +182,33 @@ class Store:
         else:
             matches = [a for a in arts if a.name == ref]
         if not matches and is_hex and len(ref) < 4:
-            raise NotFoundError(f"'{ref}' is too short to pick an artifact; use at least 4 characters of its id")
+            raise NotFound(f"'{ref}' is too short to pick an artifact; use at least 4 characters of its id")
         if not matches:
-            raise NotFoundError(f"no artifact matches '{ref}'; see `tav list`")
+            raise NotFound(f"no artifact matches '{ref}'; see `tav list`")
         if len(matches) > 1:
             listed = ", ".join(f"{a.short_id} ({a.name or 'unnamed'})" for a in matches)
-            raise AmbiguousRefError(f"'{ref}' matches {len(matches)} artifacts: {listed}; use more characters")
+            raise BadInput(f"'{ref}' matches {len(matches)} artifacts: {listed}; use more characters")
         return matches[0]
 
     def verify(self, artifact: Artifact) -> None:
         fresh = self._load(self._artifacts / artifact.id)  # the disk's manifest, not a possibly stale copy
         if _content_id(fresh.manifest) != fresh.id:
-            raise CorruptArtifactError(f"the manifest of {fresh.short_id} does not match its id; {_redo(fresh)}")
+            raise Corrupt(f"the manifest of {fresh.short_id} does not match its id; {_redo(fresh)}")
         for rel, meta in fresh.manifest["files"].items():
             path = fresh.path / rel
             if not path.is_file():
-                raise CorruptArtifactError(f"file '{rel}' of {fresh.short_id} is missing; {_redo(fresh)}")
+                raise Corrupt(f"file '{rel}' of {fresh.short_id} is missing; {_redo(fresh)}")
             if not isinstance(meta, dict) or _sha256(path) != meta.get("sha256"):
-                raise CorruptArtifactError(f"file '{rel}' of {fresh.short_id} does not match its sha256; "
+                raise Corrupt(f"file '{rel}' of {fresh.short_id} does not match its sha256; "
                                            f"{_redo(fresh)}")
 
     def append_edit(self, artifact: Artifact, record: dict) -> None:
         if not isinstance(record, dict):
-            raise StoreError(f"an edit record must be a dict, got {type(record).__name__}")
+            raise BadInput(f"an edit record must be a dict, got {type(record).__name__}")
         try:
             line = json.dumps(record, separators=(",", ":"), allow_nan=False).encode() + b"\n"
         except (TypeError, ValueError) as e:
-            raise StoreError(f"edit record is not JSON ({e}); pass only str, numbers, bools, lists, dicts") from None
+            raise BadInput(f"edit record is not JSON ({e}); pass only str, numbers, bools, lists, dicts") from None
         with self._locked(self.root / "locks" / f"{artifact.id}.lock"):
             self._append(self._artifacts / artifact.id / "edits.jsonl", line)
 
@@ -229,7 +216,7 @@ class Store:
         with self._locked(self.root / "store.lock"):
             path = self._artifacts / artifact.id
             if not path.is_dir():
-                raise NotFoundError(f"artifact {artifact.short_id} is not in {self.root}; see `tav list`")
+                raise NotFound(f"artifact {artifact.short_id} is not in {self.root}; see `tav list`")
             trash = self._discard(path)
         _rm(trash)  # slow for big files, and already out of sight: no lock needed
         (self.root / "locks" / f"{artifact.id}.lock").unlink(missing_ok=True)
@@ -237,12 +224,12 @@ class Store:
     def export(self, artifact: Artifact, dest: Path, force: bool = False) -> Path:
         dest = Path(dest)
         if dest.suffix != ".tav":
-            raise ExportError(f"export file '{dest.name}' does not end in .tav; use e.g. '{dest.stem or 'video'}.tav'")
+            raise BadInput(f"export file '{dest.name}' does not end in .tav; use e.g. '{dest.stem or 'video'}.tav'")
         if dest.is_dir() or (dest.exists() and not force):
-            raise ExportError(f"{dest} exists; use --force to overwrite" if not dest.is_dir()
+            raise BadInput(f"{dest} exists; use --force to overwrite" if not dest.is_dir()
                               else f"{dest} is a directory; give a file path ending in .tav")
         if not dest.parent.is_dir():
-            raise ExportError(f"directory {dest.parent} does not exist; create it first")
+            raise BadInput(f"directory {dest.parent} does not exist; create it first")
         self.verify(artifact)
         path = self._artifacts / artifact.id
         manifest = (path / "manifest.json").read_bytes()  # the verified one, not the caller's copy
@@ -268,14 +255,40 @@ class Store:
         _fsync(dest.parent)
         return dest
 
+    def export_folder(self, artifact: Artifact, rel: str, dest: Path, force: bool = False) -> Path:
+        """Copy one folder of an artifact (its `adapter/`: a PEFT folder) to `dest`, verified, all or nothing:
+        written beside `dest` and renamed into place; an existing `dest` (with `force`) is swapped out first."""
+        dest = Path(dest)
+        if dest.exists() and not force:
+            raise BadInput(f"{dest} exists; use --force to overwrite")
+        if not dest.parent.is_dir():
+            raise BadInput(f"directory {dest.parent} does not exist; create it first")
+        self.verify(artifact)
+        part = dest.parent / f".{dest.name}.{secrets.token_hex(4)}.part"
+        old = dest.parent / f".{dest.name}.{secrets.token_hex(4)}.old"
+        try:
+            shutil.copytree(self._artifacts / artifact.id / rel, part, copy_function=shutil.copyfile)
+            _fsync_tree(part)
+            if dest.exists():
+                os.rename(dest, old)  # out of the way; removed once the new folder is in place
+            os.rename(part, dest)
+        except BaseException:
+            _rm(part)
+            if old.exists() and not dest.exists():
+                os.rename(old, dest)  # put back what was there
+            raise
+        _rm(old)
+        _fsync(dest.parent)
+        return dest
+
     def import_file(self, src: Path) -> Artifact:
         src = Path(src)
         if not src.is_file():
-            raise ExportError(f"{src} not found; give the path of a .tav file made by `tav export`")
+            raise BadInput(f"{src} not found; give the path of a .tav file made by `tav export`")
         try:
             zf = zipfile.ZipFile(src)
         except (zipfile.BadZipFile, OSError) as e:
-            raise ExportError(f"{src} is not a tav export ({e}); give a .tav file made by `tav export`") from None
+            raise BadInput(f"{src} is not a tav export ({e}); give a .tav file made by `tav export`") from None
         try:
             with zf:
                 manifest, members = _read_export(zf, src)
@@ -287,7 +300,7 @@ class Store:
                         (stage / "edits.jsonl").write_bytes(b"".join(line + b"\n" for line in lines))
                     return self.commit(stage, manifest)
         except (zipfile.BadZipFile, zlib.error, EOFError) as e:
-            raise CorruptArtifactError(f"{src} is damaged ({e}); export it again") from None
+            raise Corrupt(f"{src} is damaged ({e}); export it again") from None
 
     def info(self) -> dict:
         arts = self.list()
@@ -301,7 +314,7 @@ class Store:
         try:
             lock.acquire()
         except Timeout:
-            raise StoreError(f"{path} is held by another tav process for over {LOCK_TIMEOUT:.0f}s; "
+            raise BadInput(f"{path} is held by another tav process for over {LOCK_TIMEOUT:.0f}s; "
                              "wait for it to finish and retry") from None
         try:
             yield
@@ -316,7 +329,7 @@ class Store:
         except (OSError, ValueError):
             ok = False
         if not ok:
-            raise CorruptArtifactError(f"{path}/manifest.json is missing or unreadable; delete {path} "
+            raise Corrupt(f"{path}/manifest.json is missing or unreadable; delete {path} "
                                        "and run the job again")
         return Artifact(path.name, path, manifest)
 
@@ -342,7 +355,7 @@ class Store:
     def _append(log: Path, data: bytes) -> None:
         """Append whole lines to `log` and fsync; the caller holds the artifact's edit lock."""
         if not log.parent.is_dir():
-            raise NotFoundError(f"artifact {log.parent.name[:12]} was removed; see `tav list`")
+            raise NotFound(f"artifact {log.parent.name[:12]} was removed; see `tav list`")
         created = not log.exists()
         with open(log, "a+b") as f:
             f.seek(0, os.SEEK_END)
@@ -385,9 +398,9 @@ def _check_name(name: object) -> None:
     if name is None:
         return
     if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise StoreError(f"invalid name {name!r}; use 1-64 letters, digits, '.', '_' or '-'")
+        raise BadInput(f"invalid name {name!r}; use 1-64 letters, digits, '.', '_' or '-'")
     if len(name) >= 4 and _HEX.fullmatch(name):  # it would read as an id prefix in `tav` commands
-        raise StoreError(f"name '{name}' looks like an artifact id; add a letter outside a-f, e.g. 'v-{name}'")
+        raise BadInput(f"name '{name}' looks like an artifact id; add a letter outside a-f, e.g. 'v-{name}'")
 
 
 def _canonical(obj: object) -> bytes:
@@ -425,7 +438,7 @@ def _scan(stage: Path) -> dict[str, dict]:
     for dirpath, dirnames, filenames in os.walk(stage):
         for name in dirnames + filenames:
             if os.path.islink(os.path.join(dirpath, name)):
-                raise StoreError(f"{os.path.join(dirpath, name)} is a symlink; stage real files (copy, don't link)")
+                raise BadInput(f"{os.path.join(dirpath, name)} is a symlink; stage real files (copy, don't link)")
         for name in filenames:
             path = Path(dirpath, name)
             rel = path.relative_to(stage).as_posix()
@@ -481,9 +494,9 @@ def _safe_member(name: str) -> bool:
 
 
 def _read_export(zf: zipfile.ZipFile, src: Path) -> tuple[dict, dict[str, zipfile.ZipInfo]]:
-    """The manifest and members of an export, refused (ExportError) unless it is exactly what `export` writes."""
-    def bad(why: str) -> ExportError:
-        return ExportError(f"{src} is not a tav export: {why}; give a .tav file made by `tav export`")
+    """The manifest and members of an export, refused (BadInput) unless it is exactly what `export` writes."""
+    def bad(why: str) -> BadInput:
+        return BadInput(f"{src} is not a tav export: {why}; give a .tav file made by `tav export`")
 
     members: dict[str, zipfile.ZipInfo] = {}
     for info in zf.infolist():
@@ -498,7 +511,7 @@ def _read_export(zf: zipfile.ZipFile, src: Path) -> tuple[dict, dict[str, zipfil
         raise bad("its manifest.json is not JSON") from None
     schema = manifest.get("schema") if isinstance(manifest, dict) else None
     if type(schema) is int and schema > SCHEMA:
-        raise ExportError(f"{src} has schema {schema}, newer than this tav reads ({SCHEMA}); upgrade tav")
+        raise BadInput(f"{src} has schema {schema}, newer than this tav reads ({SCHEMA}); upgrade tav")
     if type(schema) is not int or schema < 1:
         raise bad("its manifest has no valid schema")
     files = manifest.get("files")
@@ -513,16 +526,16 @@ def _read_export(zf: zipfile.ZipFile, src: Path) -> tuple[dict, dict[str, zipfil
     if extra:
         raise bad(f"member '{extra[0]}' is not in its manifest")
     if _content_id(manifest) != manifest["id"]:  # checked before any byte is extracted
-        raise CorruptArtifactError(f"{src}: its manifest does not match its id (altered?); export it again")
+        raise Corrupt(f"{src}: its manifest does not match its id (altered?); export it again")
     return manifest, members
 
 
 def _extract(zf: zipfile.ZipFile, info: zipfile.ZipInfo, stage: Path, rel: str, meta: dict, src: Path) -> None:
     target = stage / rel
     if not target.resolve().is_relative_to(stage.resolve()):  # belt and braces over _safe_member
-        raise ExportError(f"{src}: member 'files/{rel}' would land outside the store; refusing this export")
+        raise BadInput(f"{src}: member 'files/{rel}' would land outside the store; refusing this export")
     if info.file_size != meta["bytes"]:  # also bounds what a crafted zip can make us write
-        raise CorruptArtifactError(f"{src}: file '{rel}' has {info.file_size} bytes, its manifest says "
+        raise Corrupt(f"{src}: file '{rel}' has {info.file_size} bytes, its manifest says "
                                    f"{meta['bytes']}; export it again")
     target.parent.mkdir(parents=True, exist_ok=True)
     h = hashlib.sha256()
@@ -531,5 +544,5 @@ def _extract(zf: zipfile.ZipFile, info: zipfile.ZipInfo, stage: Path, rel: str, 
             h.update(chunk)
             out.write(chunk)
     if h.hexdigest() != meta["sha256"]:
-        raise CorruptArtifactError(f"{src}: file '{rel}' does not match its sha256 (damaged or altered); "
+        raise Corrupt(f"{src}: file '{rel}' does not match its sha256 (damaged or altered); "
                                    "export it again")

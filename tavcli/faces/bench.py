@@ -12,56 +12,54 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
-
 from tavcli.app import jobs
-from tavcli.method.ddim import EditSettings
+from tavcli.app.progress import Reporter, Stage
 from tavcli.app.store import Artifact, Store
-from tavcli.method.tuning import TuneSettings
-from tavcli.method.video import FrameSampling, write_video
+from tavcli.settings import Settings, setting
 
 _WARMUP = 3  # tuning steps left out of the median: allocator, cuDNN autotuning, lazy inits
 
 
-@dataclass
-class BenchSettings:
-    frames: int = 8
-    size: int = 512
-    steps: int = 30
-    edit_steps: int = 50
-    device: str = "auto"
-    tiny: bool = False
-    low_memory: bool = False
-    compile: bool = False
+@dataclass(frozen=True)
+class BenchSettings(Settings):
+    frames: int = setting(8, "Frames of the synthetic clip.", min=1)
+    size: int = setting(512, "Its width and height.", min=8, multiple_of=8)
+    steps: int = setting(30, "Tuning steps to time.", min=1)
+    edit_steps: int = setting(50, "DDIM steps of each edit.", min=1)
+    inversion_steps: int = setting(50, "DDIM steps of the inversion.", min=1)
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N.", nonempty=True)
+    tiny: bool = setting(False, "A tiny random architecture: a quick CPU smoke test.")
+    low_memory: bool = setting(False, "Time `tav tune --low-memory`.")
+    compile: bool = setting(False, "Time `tav tune --compile` and `tav edit --compile`.")
 
 
-class _Clock(jobs.Reporter):
+class _Clock(Reporter):
     """Timestamps of every stage and step, taken after the GPU has finished the work before them."""
 
     def __init__(self, sync, stage_peaks: bool = False):
         self.sync, self.stage_peaks = sync, stage_peaks
-        self.stages: list[tuple[str, float]] = []
-        self.steps: dict[str, list[float]] = {}
+        self.stages: list[tuple[Stage, float]] = []
+        self.steps: dict[Stage, list[float]] = {}
         self.peaks: dict[str, float] = {}  # with stage_peaks (GPU): GiB allocated at most in each stage
 
-    def stage(self, name: str, total: int | None = None) -> None:
+    def stage(self, stage: Stage, detail: str = "", total: int | None = None) -> None:
         self.sync()
         self.close()
-        self.stages.append((name.split(" ")[0].rstrip(":"), time.perf_counter()))
+        self.stages.append((stage, time.perf_counter()))
 
     def close(self) -> None:
         """End the current stage's memory peak (the next one starts from what is allocated now)."""
         if self.stage_peaks and self.stages:
             import torch
 
-            self.peaks[self.stages[-1][0]] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+            self.peaks[self.stages[-1][0].name.lower()] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
             torch.cuda.reset_peak_memory_stats()
 
     def step(self, i: int, loss: float | None = None) -> None:
         self.sync()
         self.steps.setdefault(self.stages[-1][0], []).append(time.perf_counter())
 
-    def span(self, first: str, then: str | None = None) -> float:
+    def span(self, first: Stage, then: Stage | None = None) -> float:
         """Seconds from the start of stage `first` to the start of `then` (or to now)."""
         starts = dict(self.stages)
         return (starts[then] if then else time.perf_counter()) - starts[first]
@@ -83,6 +81,10 @@ def _base_folder(tiny: bool) -> Path:
 
 def _clip(folder: Path, frames: int, size: int) -> Path:
     """A synthetic clip that moves smoothly, so the encoder sees video-like frames."""
+    import numpy as np
+
+    from tavcli.method.video import write_video
+
     y, x = np.mgrid[0:size, 0:size] / size
     video = np.stack([np.stack([np.sin(6 * x + t / 3), np.cos(5 * y - t / 4), np.sin(4 * (x + y) + t / 5)], -1)
                       for t in range(frames)])
@@ -91,6 +93,7 @@ def _clip(folder: Path, frames: int, size: int) -> Path:
 
 def _time_tune(job: jobs.TuneJob, store: Store, clock: _Clock, cuda: bool) -> tuple[Artifact, dict]:
     """Run one tune through `jobs.tune` and read its figures off the clock."""
+    import numpy as np
     import torch
 
     if cuda:
@@ -99,21 +102,22 @@ def _time_tune(job: jobs.TuneJob, store: Store, clock: _Clock, cuda: bool) -> tu
     artifact = jobs.tune(job, store, clock)
     clock.close()
     out: dict = {"tune_total_s": round(time.perf_counter() - started, 2)}
-    steps = clock.steps.get("tuning", [])
-    gaps = np.diff(steps[_WARMUP - 1:]) * 1000 if len(steps) > _WARMUP else [float("nan")]
-    out["tune_ms_per_step"] = round(statistics.median(gaps), 1)
-    out["tune_ms_per_step_mean"] = round(float(np.mean(gaps)), 1)
-    out["tune_ms_per_step_p90"] = round(float(np.percentile(gaps, 90)), 1)
-    first = np.diff([dict(clock.stages)["tuning"], *steps[:_WARMUP + 2]])
+    steps = clock.steps.get(Stage.TUNING, [])
+    gaps = np.diff(steps[_WARMUP - 1:]) * 1000 if len(steps) > _WARMUP else None  # None: too few steps to say
+    out["tune_ms_per_step"] = round(statistics.median(gaps), 1) if gaps is not None else None
+    out["tune_ms_per_step_mean"] = round(float(np.mean(gaps)), 1) if gaps is not None else None
+    out["tune_ms_per_step_p90"] = round(float(np.percentile(gaps, 90)), 1) if gaps is not None else None
+    first = np.diff([dict(clock.stages)[Stage.TUNING], *steps[:_WARMUP + 2]])
     out["tune_first_steps_s"] = [round(float(x), 3) for x in first]  # encode + warm-up (+ compile) + capture
-    out["load_s"] = round(clock.span("loading", "tuning"), 2)
-    out["tune_steps_s"] = round(clock.span("tuning", "inverting"), 2)
-    out["projected_300_steps_s"] = round(out["tune_ms_per_step"] * 300 / 1000, 1)
-    out["inversion_s"] = round(clock.span("inverting", "saving"), 2)
-    inv = clock.steps.get("inverting", [])
+    out["load_s"] = round(clock.span(Stage.LOADING, Stage.TUNING), 2)
+    out["tune_steps_s"] = round(clock.span(Stage.TUNING, Stage.INVERTING), 2)
+    out["projected_300_steps_s"] = (round(out["tune_ms_per_step"] * 300 / 1000, 1)
+                                    if out["tune_ms_per_step"] is not None else None)
+    out["inversion_s"] = round(clock.span(Stage.INVERTING, Stage.SAVING), 2)
+    inv = clock.steps.get(Stage.INVERTING, [])
     out["inversion_ms_per_step"] = round(statistics.median(np.diff(inv)) * 1000, 1) if len(inv) > 2 else None
-    out["inversion_first_step_s"] = round(inv[0] - dict(clock.stages)["inverting"], 2) if inv else None
-    out["save_s"] = round(clock.span("saving"), 2)
+    out["inversion_first_step_s"] = round(inv[0] - dict(clock.stages)[Stage.INVERTING], 2) if inv else None
+    out["save_s"] = round(clock.span(Stage.SAVING), 2)
     if cuda:
         out["tune_peak_gib"] = max(clock.peaks.values())
         out["stage_peaks_gib"] = clock.peaks  # tuning: encoding the clip and caption, then the steps
@@ -128,19 +132,20 @@ def _time_edit(job: jobs.EditJob, store: Store, clock: _Clock, cuda: bool) -> di
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     jobs.edit(job, store, clock)
-    out = {"s": round(clock.span("editing"), 2), "total_s": round(clock.span("loading"), 2)}
+    out = {"s": round(clock.span(Stage.EDITING), 2), "total_s": round(clock.span(Stage.LOADING), 2)}
     if cuda:
         out["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     return out
 
 
-def run(settings: BenchSettings, reporter: jobs.Reporter = jobs.Reporter()) -> dict:
+def run(settings: BenchSettings, reporter: Reporter = Reporter()) -> dict:
     """Tune once, edit twice (the first edit in the process, then another); with `compile`, once more of
     each after dropping the compiled code from memory, so that inductor's on-disk cache serves them, as it
     would a later `tav tune --compile` or `tav edit --compile`."""
     import torch
 
-    from tavcli.method.models import resolve_device
+    from tavcli.app.caches import compile_cache_dir
+    from tavcli.engine.runtime import resolve_device
 
     device = resolve_device(settings.device)
     cuda = device.type == "cuda"
@@ -149,37 +154,34 @@ def run(settings: BenchSettings, reporter: jobs.Reporter = jobs.Reporter()) -> d
     out: dict = {"settings": asdict(settings), "device": torch.cuda.get_device_name() if cuda else "cpu",
                  "torch": torch.__version__}
     if settings.compile:
-        cache = jobs.compile_cache_dir()
+        cache = compile_cache_dir()
         out["compile_cache_was_empty"] = not cache.is_dir() or not any(cache.iterdir())
+    runtime = {"device": settings.device, "compile": settings.compile, "low_memory": settings.low_memory}
     with tempfile.TemporaryDirectory(prefix="tav-bench-") as tmp:
         store = Store(Path(tmp) / "store")
         clip = _clip(Path(tmp), settings.frames, settings.size)
-        tune_job = jobs.TuneJob(video=clip, prompt="a man is skiing", base=str(base),
-                                sampling=FrameSampling(frames=settings.frames), width=settings.size,
-                                height=settings.size,
-                                settings=TuneSettings(steps=settings.steps, compile=settings.compile,
-                                                      gradient_checkpointing=True if settings.low_memory else None),
-                                device=settings.device)
+        tune_job = jobs.tune_job({"video": clip, "prompt": "a man is skiing", "base": str(base),
+                                  "frames": settings.frames, "size": settings.size, "steps": settings.steps,
+                                  "inversion_steps": settings.inversion_steps, **runtime})
 
         def edit_job(artifact) -> jobs.EditJob:
-            return jobs.EditJob(ref=artifact.id, prompts=["an astronaut is skiing on the moon"],
-                                settings=EditSettings(steps=settings.edit_steps, compile=settings.compile),
-                                out_dir=Path(tmp) / "out", device=settings.device)
+            return jobs.edit_job({"ref": artifact.id, "prompts": ["an astronaut is skiing on the moon"],
+                                  "steps": settings.edit_steps, "out_dir": Path(tmp) / "out", **runtime})
 
-        reporter.stage(f"tuning {settings.steps} steps on {out['device']}")
+        reporter.stage(Stage.TUNING, total=settings.steps)
         artifact, figures = _time_tune(tune_job, store, _Clock(sync, stage_peaks=cuda), cuda)
         out |= figures
         for attempt in ("cold", "warm"):
-            reporter.stage(f"edit ({attempt})")
+            reporter.stage(Stage.EDITING, f"({attempt})")
             edit = _time_edit(edit_job(artifact), store, _Clock(sync), cuda)
             out[f"edit_{attempt}_s"], out[f"edit_{attempt}_total_s"] = edit["s"], edit["total_s"]
             if cuda:
                 out["edit_peak_gib"] = edit["peak_gib"]
         if settings.compile:
             torch._dynamo.reset()  # the compiled code leaves memory; inductor's files on disk stay
-            reporter.stage("tuning again, from the compile cache")
+            reporter.stage(Stage.TUNING, total=settings.steps)
             artifact, figures = _time_tune(tune_job, store, _Clock(sync, stage_peaks=cuda), cuda)
-            reporter.stage("edit again, from the compile cache")
+            reporter.stage(Stage.EDITING, "(from the compile cache)")
             torch._dynamo.reset()  # the tune's inversion compiled the sampling graphs in memory: drop those too
             figures["edit"] = _time_edit(edit_job(artifact), store, _Clock(sync), cuda)
             out["from_cache"] = figures

@@ -9,17 +9,21 @@ from __future__ import annotations
 import functools
 import json
 import os
-import shutil
 import sys
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from tavcli import __version__
-
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+from tavcli.app.jobs import EditJob, ScoreJob, TuneJob
+from tavcli.app.progress import Stage
+from tavcli.engine.runtime import Runtime
+from tavcli.errors import EXIT_FAILURE, EXIT_INTERRUPTED, BadInput, TavError, exit_code
+from tavcli.faces.bench import BenchSettings
+from tavcli.settings import options
 
 app = typer.Typer(
     name="tav",
@@ -28,6 +32,37 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def _option(job: type, key: str, *names: str, help: str | None = None, **kwargs) -> typer.models.OptionInfo:
+    """A flag for the flat option `key` of `job`: its help and default come from the settings class."""
+    option = options(job)[key]
+    shown = option.default_shown()
+    return typer.Option(*(names or (f"--{key.replace('_', '-')}",)), help=help or option.help,
+                        show_default=shown if shown is not None else False, **kwargs)
+
+
+def _official_job() -> type:
+    from tavcli.app.official.jobs import ImportOfficialJob
+
+    return ImportOfficialJob
+
+
+def _flags(values: dict, job: type) -> dict:
+    """The given (non-None) flat options of `job` among a command's parameters."""
+    known = options(job)
+    return {k: v for k, v in values.items() if (k in known or k == "size") and v is not None}
+
+
+# Options several commands share, declared once (as huggingface_hub's CLI does).
+Device = Annotated[str | None, _option(Runtime, "device")]
+Dtype = Annotated[str | None, _option(Runtime, "dtype")]
+Compile = Annotated[bool | None, _option(Runtime, "compile")]
+Base = Annotated[str | None, _option(TuneJob, "base")]
+BaseConfig = Annotated[str | None, _option(TuneJob, "base_config")]
+Name = Annotated[str | None, _option(TuneJob, "name")]
+Json = Annotated[bool, typer.Option("--json", help="Print one JSON value.")]
+Quiet = Annotated[bool, typer.Option("-q", "--quiet", help="Only the result on stdout, nothing on stderr.")]
 
 
 def _stdout() -> Console:
@@ -51,22 +86,8 @@ def _stderr() -> Console:
     return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
-def _exit_code(error: BaseException) -> int:
-    from tavcli.app.store import CorruptArtifactError, NotFoundError, StoreError
-
-    # The method modules' errors (JobError, VideoError, ConfigError, BaseModelError, ...) are ValueErrors:
-    # bad input. Only adapters' need a closer look, and a module not imported raised none of its errors:
-    # importing it here would cost a store command's error seconds of loading torch.
-    adapters = sys.modules.get("tavcli.method.adapters")
-    if isinstance(error, NotFoundError):
-        return EXIT_NOT_FOUND
-    if adapters and isinstance(error, adapters.AdapterSpecError):
-        return EXIT_USAGE
-    if isinstance(error, CorruptArtifactError) or (adapters and isinstance(error, adapters.AdapterError)):
-        return EXIT_FAILURE
-    if isinstance(error, (StoreError, ValueError)):
-        return EXIT_USAGE
-    return EXIT_FAILURE
+def _first_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
 def _errors(fn):
@@ -81,15 +102,17 @@ def _errors(fn):
         except KeyboardInterrupt:
             _stderr().print("tav: interrupted; the store is as it was")
             raise typer.Exit(EXIT_INTERRUPTED)
-        except Exception as e:  # noqa: BLE001 - this is the one place errors become exit codes
+        except TavError as e:  # the one place tav's errors become exit codes
             if os.environ.get("TAV_DEBUG"):
                 raise
-            code = _exit_code(e)
-            message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            if code == EXIT_FAILURE and not e.__class__.__module__.startswith("tavcli"):
-                message = f"{type(e).__name__}: {message} (TAV_DEBUG=1 shows the traceback)"
-            _stderr().print(f"tav: error: {message}", markup=False)
-            raise typer.Exit(code)
+            _stderr().print(f"tav: error: {_first_line(e)}", markup=False)
+            raise typer.Exit(exit_code(e))
+        except Exception as e:  # noqa: BLE001 - not one of tav's errors: a bug, in tav or a library
+            if os.environ.get("TAV_DEBUG"):
+                raise
+            _stderr().print(f"tav: internal error: {type(e).__name__}: {_first_line(e)} (a bug; TAV_DEBUG=1 shows "
+                            "the traceback, please report it)", markup=False)
+            raise typer.Exit(EXIT_FAILURE)
 
     return wrapper
 
@@ -122,13 +145,15 @@ class _Progress:
         if self.bar:
             self.bar.stop()
 
-    def stage(self, name: str, total: int | None = None) -> None:
+    def stage(self, stage: Stage, detail: str = "", total: int | None = None) -> None:
+        name = stage.describe(detail)
         if self.bar:
             if self.task is not None:
                 self.bar.remove_task(self.task)
             self.task = self.bar.add_task(name, total=total, info="")
         elif not self.quiet:
-            self.console.print(f"tav: {name}" + (f" ({total} steps)" if total else ""), markup=False)
+            self.console.print(f"tav: {name}" + (f" ({total} step{'s' if total != 1 else ''})" if total else ""),
+                               markup=False)
 
     def step(self, i: int, loss: float | None = None) -> None:
         if self.bar and self.task is not None:
@@ -179,57 +204,47 @@ def main(
 @app.command()
 @_errors
 def tune(
-    video: Path = typer.Argument(None, help="A video file, a GIF, or a folder of frames.", show_default=False),
-    prompt: str = typer.Argument(None, help="The clip's caption, e.g. \"a man is skiing\".", show_default=False),
-    config: Path = typer.Option(None, "--config", help="An official Tune-A-Video YAML config, or tav's own "
-                                "(docs/configs.md); flags override it. Its validation prompts run as edits."),
-    name: str = typer.Option(None, "--name", help="A name to refer to the artifact by."),
-    base: str = typer.Option(None, "--base", help="SD v1.x hub id, diffusers folder, or single-file .safetensors/.ckpt "
-                             "checkpoint [default: CompVis/stable-diffusion-v1-4]."),
-    base_config: str = typer.Option(None, "--base-config", help="For a single-file --base: an SD v1.x diffusers "
-                                    "folder (or hub id) with its configs, tokenizer and scheduler (needed offline)."),
-    frames: int = typer.Option(None, "--frames", help="Frames to sample from the clip [default: 8]."),
-    size: int = typer.Option(None, "--size", help="Square size; --width/--height override it [default: 512]."),
-    width: int = typer.Option(None, "--width"),
-    height: int = typer.Option(None, "--height"),
-    start: int = typer.Option(None, "--start", help="First frame index [default: 0]."),
-    stride: int = typer.Option(None, "--stride", help="Take every K-th frame instead of spreading over the clip."),
-    resize: str = typer.Option(None, "--resize", help="crop (keep aspect, centre-crop) or squash [default: crop; "
-                               "official configs: squash]."),
-    steps: int = typer.Option(None, "--steps", help="Tuning steps [default: 300]."),
-    lr: float = typer.Option(None, "--lr", help="AdamW learning rate [default: 3e-5]."),
-    adapter: str = typer.Option(None, "--adapter", help="full (paper-exact) or lora [default: full]."),
-    rank: int = typer.Option(None, "--rank", help="LoRA rank (with --adapter lora) [default: 16]."),
-    attention: str = typer.Option(None, "--attention", help="sparse-causal, first-frame, full or frame "
-                                  "[default: sparse-causal]."),
-    seed: int = typer.Option(None, "--seed", help="[default: 0]"),
-    low_memory: bool = typer.Option(False, "--low-memory",
-                                    help="Gradient checkpointing: slower steps, far less GPU memory "
-                                         "(chosen by itself when the clip would not fit)."),
-    compile_: bool = typer.Option(False, "--compile", help="torch.compile the UNet's repeated blocks: faster "
-                                  "steps after minutes of compiling (docs/performance.md)."),
-    device: str = typer.Option(None, "--device", help="auto, cuda or cpu [default: auto]."),
-    dtype: str = typer.Option(None, "--dtype", help="auto, bf16, fp16 or fp32 (frozen weights) [default: auto]."),
-    out_dir: Path = typer.Option(Path("."), "--out-dir", help="Where a config's validation edits go."),
-    as_json: bool = typer.Option(False, "--json", help="Print the artifact as one JSON object."),
-    quiet: bool = typer.Option(False, "-q", "--quiet", help="Only the id on stdout, nothing on stderr."),
+    video: Annotated[Path | None, typer.Argument(help=options(TuneJob)["video"].help, show_default=False)] = None,
+    prompt: Annotated[str | None, typer.Argument(help=options(TuneJob)["prompt"].help, show_default=False)] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="An official Tune-A-Video YAML config, or tav's own "
+                                                "(docs/configs.md); flags override it. Its validation prompts run "
+                                                "as edits.")] = None,
+    name: Name = None,
+    base: Base = None,
+    base_config: BaseConfig = None,
+    frames: Annotated[int | None, _option(TuneJob, "frames")] = None,
+    size: Annotated[int | None, typer.Option("--size", help="Square size; --width/--height override it.",
+                                             show_default="512")] = None,
+    width: Annotated[int | None, _option(TuneJob, "width")] = None,
+    height: Annotated[int | None, _option(TuneJob, "height")] = None,
+    start: Annotated[int | None, _option(TuneJob, "start")] = None,
+    stride: Annotated[int | None, _option(TuneJob, "stride")] = None,
+    resize: Annotated[str | None, _option(TuneJob, "resize", help="crop (keep aspect, centre-crop) or squash "
+                                          "(official configs: squash).")] = None,
+    steps: Annotated[int | None, _option(TuneJob, "steps")] = None,
+    lr: Annotated[float | None, _option(TuneJob, "lr")] = None,
+    weight_decay: Annotated[float | None, _option(TuneJob, "weight_decay")] = None,
+    adapter: Annotated[str | None, _option(TuneJob, "adapter")] = None,
+    rank: Annotated[int | None, _option(TuneJob, "rank")] = None,
+    attention: Annotated[str | None, _option(TuneJob, "attention")] = None,
+    seed: Annotated[int | None, _option(TuneJob, "seed")] = None,
+    low_memory: Annotated[bool | None, _option(TuneJob, "low_memory")] = None,
+    compile: Compile = None,
+    device: Device = None,
+    dtype: Dtype = None,
+    out_dir: Annotated[Path, typer.Option("--out-dir", help="Where a config's validation edits go.")] = Path("."),
+    as_json: Json = False,
+    quiet: Quiet = False,
 ) -> None:
     """Tune on one clip; store the adapter and the clip's inversion; print the artifact's id."""
-    from tavcli.app.configs import LoadedConfig, apply_overrides, load_config
-    from tavcli.app.jobs import EditJob, JobError, TuneJob
+    from tavcli.app.configs import apply_overrides, from_flags, load_config
     from tavcli.app.jobs import edit as run_edit
     from tavcli.app.jobs import tune as run_tune
 
     if config is None and (video is None or prompt is None):
-        raise JobError("give VIDEO and PROMPT (e.g. tav tune clip.mp4 \"a man is skiing\"), or --config FILE.yaml")
-    loaded = load_config(config) if config else LoadedConfig(TuneJob(video, prompt), [], [], "cli")
-    if size is not None:
-        width, height = width or size, height or size
-    loaded = apply_overrides(
-        loaded, video=video, prompt=prompt, name=name, base=base, base_config=base_config, frames=frames, width=width, height=height,
-        start=start, stride=stride, resize=resize, steps=steps, lr=lr, adapter=adapter, rank=rank,
-        attention=attention, seed=seed, device=device, dtype=dtype, low_memory=True if low_memory else None,
-        compile=True if compile_ else None)
+        raise BadInput("give VIDEO and PROMPT (e.g. tav tune clip.mp4 \"a man is skiing\"), or --config FILE.yaml")
+    flags = _flags(locals(), TuneJob)
+    loaded = apply_overrides(load_config(config), **flags) if config else from_flags(**flags)
     store = _store()
     outputs = []
     with _Progress(quiet) as progress:
@@ -240,8 +255,7 @@ def tune(
         progress.log(f"stored {artifact.short_id}" + (f" ({artifact.name})" if artifact.name else "")
                      + (f"; loss {loss[0]:.4f} -> {loss[-1]:.4f}" if loss else ""))
         for job in loaded.edits:
-            job = EditJob(**{**job.__dict__, "ref": artifact.id, "out_dir": out_dir})
-            outputs += [r.path for r in run_edit(job, store, progress)]
+            outputs += [r.path for r in run_edit(job.replace(ref=artifact.id, out_dir=out_dir), store, progress)]
     if as_json:
         _stdout().print_json(json.dumps(_artifact_summary(artifact) | {"edit_outputs": [str(p) for p in outputs]}))
     else:
@@ -256,56 +270,47 @@ def _read_prompts(prompts: list[str] | None, prompts_file: str | None) -> list[s
         text = sys.stdin.read() if prompts_file == "-" else Path(prompts_file).read_text()
         found += [line.strip() for line in text.splitlines() if line.strip()]
     if not found:
-        from tavcli.app.jobs import JobError
 
-        raise JobError("no prompt given; pass one or more prompts, or --prompts-file FILE ('-' for stdin)")
+        raise BadInput("no prompt given; pass one or more prompts, or --prompts-file FILE ('-' for stdin)")
     return found
 
 
 @app.command()
 @_errors
 def edit(
-    ref: str = typer.Argument(..., help="Artifact id, unique id prefix, or name."),
-    prompts: list[str] = typer.Argument(None, help="One or more prompts; each makes one video."),
-    prompts_file: str = typer.Option(None, "--prompts-file", help="More prompts, one per line ('-' = stdin)."),
-    output: Path = typer.Option(None, "-o", "--output", help="Output path (one prompt only)."),
-    out_dir: Path = typer.Option(Path("."), "--out-dir", help="Folder for outputs named after artifact and prompt."),
-    fmt: str = typer.Option("mp4", "--format", help="mp4, gif or png (a folder of frames)."),
-    steps: int = typer.Option(50, "--steps", help="DDIM steps."),
-    guidance: float = typer.Option(12.5, "--guidance", help="Classifier-free guidance scale."),
-    negative: str = typer.Option("", "--negative", help="Negative prompt."),
-    seed: int = typer.Option(0, "--seed", help="Noise seed (with --no-inversion)."),
-    no_inversion: bool = typer.Option(False, "--no-inversion", help="Start from noise, not the clip's inversion."),
-    frames: int = typer.Option(None, "--frames", help="Frames to generate (with --no-inversion)."),
-    grid: bool = typer.Option(False, "--grid", help="Source and edit side by side."),
-    fps: float = typer.Option(8.0, "--fps", help="Output frame rate (the official samples' 8 by default)."),
-    base: str = typer.Option(None, "--base", help="Base model [default: the one tuned on]."),
-    base_config: str = typer.Option(None, "--base-config", help="Configs for a single-file base "
-                                    "[default: the ones recorded at tuning]."),
-    force: bool = typer.Option(False, "--force", help="Use --base even if it is not the one tuned on."),
-    score: bool = typer.Option(False, "--score", help="Also print and record CLIP score and frame consistency."),
-    clip: str = typer.Option("openai/clip-vit-large-patch14", "--clip", help="CLIP model for --score."),
-    compile_: bool = typer.Option(False, "--compile", help="torch.compile the UNet's repeated blocks: faster "
-                                  "steps after minutes of compiling; pays over many prompts (docs/performance.md)."),
-    device: str = typer.Option("auto", "--device"),
-    dtype: str = typer.Option("auto", "--dtype"),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
-    quiet: bool = typer.Option(False, "-q", "--quiet", help="Nothing on stderr."),
+    ref: Annotated[str, typer.Argument(help=options(EditJob)["ref"].help)],
+    prompts: Annotated[list[str] | None, typer.Argument(help=options(EditJob)["prompts"].help)] = None,
+    prompts_file: Annotated[str | None, typer.Option("--prompts-file", help="More prompts, one per line "
+                                                     "('-' = stdin).")] = None,
+    output: Annotated[Path | None, _option(EditJob, "output", "-o", "--output")] = None,
+    out_dir: Annotated[Path | None, _option(EditJob, "out_dir")] = None,
+    format: Annotated[str | None, _option(EditJob, "format")] = None,
+    steps: Annotated[int | None, _option(EditJob, "steps")] = None,
+    guidance: Annotated[float | None, _option(EditJob, "guidance")] = None,
+    negative: Annotated[str | None, _option(EditJob, "negative")] = None,
+    seed: Annotated[int | None, _option(EditJob, "seed")] = None,
+    inversion: Annotated[bool | None, _option(EditJob, "inversion", "--inversion/--no-inversion")] = None,
+    frames: Annotated[int | None, _option(EditJob, "frames")] = None,
+    grid: Annotated[bool | None, _option(EditJob, "grid")] = None,
+    fps: Annotated[float | None, _option(EditJob, "fps")] = None,
+    base: Annotated[str | None, _option(EditJob, "base")] = None,
+    base_config: Annotated[str | None, _option(EditJob, "base_config")] = None,
+    force: Annotated[bool | None, _option(EditJob, "force")] = None,
+    score: Annotated[bool | None, _option(EditJob, "score")] = None,
+    clip: Annotated[str | None, _option(EditJob, "clip")] = None,
+    compile: Compile = None,
+    device: Device = None,
+    dtype: Dtype = None,
+    as_json: Json = False,
+    quiet: Quiet = False,
 ) -> None:
     """Edit the tuned clip with new prompts; print each written path (with --score: path, CLIP score,
     frame consistency, tab-separated)."""
-    from tavcli.method.ddim import EditSettings
-    from tavcli.app.jobs import EditJob
     from tavcli.app.jobs import edit as run_edit
+    from tavcli.app.jobs import edit_job
 
-    job = EditJob(
-        ref=ref, prompts=_read_prompts(prompts, prompts_file),
-        settings=EditSettings(steps=steps, guidance=guidance, negative_prompt=negative, seed=seed,
-                              inversion=not no_inversion, compile=compile_),
-        output=output, out_dir=out_dir, format=fmt, frames=frames, grid=grid, fps=fps, base=base,
-        base_config=base_config, force=force,
-        device=device, dtype=dtype, score=score, clip=clip,
-    )
+    flags = _flags(locals(), EditJob) | {"prompts": _read_prompts(prompts, prompts_file)}
+    job = edit_job(flags, {k: f"--{k.replace('_', '-')}" for k in flags})
     store = _store()
     with _Progress(quiet) as progress:
         results = run_edit(job, store, progress)
@@ -321,21 +326,22 @@ def edit(
 @app.command()
 @_errors
 def score(
-    target: str = typer.Argument(..., help="A video (file or frames folder), or an artifact ref: its edits."),
-    prompt: str = typer.Option(None, "--prompt", help="The text the video should match [ref: each edit's prompt]."),
-    clip: str = typer.Option("openai/clip-vit-large-patch14", "--clip", help="CLIP model id or folder."),
-    device: str = typer.Option("auto", "--device"),
-    as_json: bool = typer.Option(False, "--json", help="One JSON array."),
+    target: Annotated[str, typer.Argument(help=options(ScoreJob)["target"].help)],
+    prompt: Annotated[str | None, _option(ScoreJob, "prompt")] = None,
+    clip: Annotated[str | None, _option(ScoreJob, "clip")] = None,
+    device: Device = None,
+    as_json: Json = False,
 ) -> None:
     """The paper's metrics: CLIP score (text alignment) and frame consistency, both x100.
 
     Prints one line per video: path, CLIP score, frame consistency (tab-separated).
     """
-    from tavcli.app.jobs import ScoreJob
     from tavcli.app.jobs import score as run_score
+    from tavcli.settings import build
 
+    job = build(ScoreJob, _flags(locals(), ScoreJob))
     with _Progress(quiet=False) as progress:
-        rows = run_score(ScoreJob(target, prompt, clip, device), _store(), progress)
+        rows = run_score(job, _store(), progress)
     if as_json:
         _stdout().print_json(json.dumps(rows))
     else:
@@ -401,48 +407,36 @@ def show(
 @app.command()
 @_errors
 def export(
-    ref: str = typer.Argument(..., help="Artifact id, unique id prefix, or name."),
-    dest: Path = typer.Argument(..., help="A .tav file, or a folder with --format peft or official."),
-    fmt: str = typer.Option("tav", "--format", help="tav (one portable file), peft (the adapter folder) or "
-                            "official (a pipeline folder the official Tune-A-Video code loads)."),
-    force: bool = typer.Option(False, "--force", help="Overwrite DEST (tav, peft); with official: use --base even "
-                               "if it is not the one tuned on."),
-    base: str = typer.Option(None, "--base", help="With official: the base whose weights go in [default: the one "
-                             "tuned on]."),
-    base_config: str = typer.Option(None, "--base-config", help="With official: configs for a single-file base."),
-    quiet: bool = typer.Option(False, "-q", "--quiet", help="Nothing on stderr."),
+    ref: Annotated[str, typer.Argument(help="Artifact id, unique id prefix, or name.")],
+    dest: Annotated[Path, typer.Argument(help="A .tav file, or a folder with --format peft or official.")],
+    fmt: Annotated[str, typer.Option("--format", help="tav (one portable file), peft (the adapter folder) or "
+                                     "official (a pipeline folder the official Tune-A-Video code loads).")] = "tav",
+    force: Annotated[bool, typer.Option("--force", help="Overwrite DEST (tav, peft); with official: use --base even "
+                                        "if it is not the one tuned on.")] = False,
+    base: Annotated[str | None, _option(EditJob, "base", help="With official: the base whose weights go in.")] = None,
+    base_config: Annotated[str | None, _option(EditJob, "base_config", help="With official: configs for a "
+                                               "single-file base.")] = None,
+    quiet: Quiet = False,
 ) -> None:
     """Write an artifact as one portable .tav file, its adapter as a PEFT folder, or an official pipeline folder."""
-    from tavcli.app.store import ExportError
-
     store = _store()
     artifact = store.resolve(ref)
     if fmt == "official":
-        from tavcli.app.jobs import export_official
+        from tavcli.app.official.jobs import export_official
 
         with _Progress(quiet) as progress:
             typer.echo(str(export_official(artifact.id, dest, store, base, base_config, force, progress)))
-        return
-    if fmt == "tav":
+    elif fmt == "tav":
         typer.echo(str(store.export(artifact, dest, force=force)))
-        return
-    if fmt != "peft":
-        raise ExportError(f"unknown export format {fmt!r}; choose tav, peft or official")
-    store.verify(artifact)
-    if dest.exists() and not force:
-        raise ExportError(f"{dest} exists; use --force to overwrite")
-    tmp = dest.with_name(f".{dest.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(artifact.path / "adapter", tmp)
-    if dest.exists():
-        shutil.rmtree(dest)
-    tmp.rename(dest)
-    typer.echo(str(dest))
+    elif fmt == "peft":
+        typer.echo(str(store.export_folder(artifact, "adapter", dest, force=force)))
+    else:
+        raise BadInput(f"unknown export format {fmt!r}; choose tav, peft or official")
 
 
 @app.command("import")
 @_errors
-def import_(file: Path = typer.Argument(..., help="A .tav file made by `tav export`.")) -> None:
+def import_(file: Annotated[Path, typer.Argument(help="A .tav file made by `tav export`.")]) -> None:
     """Bring an exported artifact into this store (hashes verified); print its id."""
     typer.echo(_store().import_file(file).short_id)
 
@@ -450,21 +444,22 @@ def import_(file: Path = typer.Argument(..., help="A .tav file made by `tav expo
 @app.command("import-official")
 @_errors
 def import_official(
-    folder: Path = typer.Argument(..., help="An official Tune-A-Video output folder (with unet/), or its unet/."),
-    base: str = typer.Option(None, "--base", help="The base it was tuned from [default: config.yaml's "
-                             "pretrained_model_path when found, else CompVis/stable-diffusion-v1-4]."),
-    base_config: str = typer.Option(None, "--base-config", help="Configs for a single-file --base."),
-    name: str = typer.Option(None, "--name", help="A name to refer to the artifact by."),
-    prompt: str = typer.Option(None, "--prompt", help="The caption it was tuned on [default: config.yaml's]."),
-    as_json: bool = typer.Option(False, "--json", help="Print the artifact as one JSON object."),
-    quiet: bool = typer.Option(False, "-q", "--quiet", help="Only the id on stdout, nothing on stderr."),
+    folder: Annotated[Path, typer.Argument(help="An official Tune-A-Video output folder (with unet/), or its unet/.")],
+    base: Annotated[str | None, _option(_official_job(), "base")] = None,
+    base_config: Annotated[str | None, _option(_official_job(), "base_config")] = None,
+    name: Name = None,
+    prompt: Annotated[str | None, _option(_official_job(), "prompt")] = None,
+    as_json: Json = False,
+    quiet: Quiet = False,
 ) -> None:
     """Turn an official Tune-A-Video tuned model into a tav artifact (a `full` adapter); print its id."""
-    from tavcli.app.jobs import ImportOfficialJob
-    from tavcli.app.jobs import import_official as run_import
+    from tavcli.app.official.jobs import ImportOfficialJob
+    from tavcli.app.official.jobs import import_official as run_import
+    from tavcli.settings import build
 
+    job = build(ImportOfficialJob, _flags(locals(), ImportOfficialJob))
     with _Progress(quiet) as progress:
-        artifact = run_import(ImportOfficialJob(folder, base, base_config, name, prompt), _store(), progress)
+        artifact = run_import(job, _store(), progress)
         progress.log(f"stored {artifact.short_id}" + (f" ({artifact.name})" if artifact.name else "")
                      + ("" if "inversion.safetensors" in artifact.manifest["files"]
                         else "; no inversion came with it: edit with --no-inversion"))
@@ -499,21 +494,24 @@ def store_info(as_json: bool = typer.Option(False, "--json")) -> None:
 @app.command()
 @_errors
 def bench(
-    frames: int = typer.Option(8, "--frames"),
-    size: int = typer.Option(512, "--size"),
-    steps: int = typer.Option(30, "--steps", help="Tuning steps to time."),
-    edit_steps: int = typer.Option(50, "--edit-steps"),
-    device: str = typer.Option("auto", "--device"),
-    tiny: bool = typer.Option(False, "--tiny", help="A tiny random architecture: a quick CPU smoke test."),
-    low_memory: bool = typer.Option(False, "--low-memory", help="Time `tav tune --low-memory`."),
-    compile_: bool = typer.Option(False, "--compile", help="Time `tav tune --compile` and `tav edit --compile`."),
-    as_json: bool = typer.Option(False, "--json"),
+    frames: Annotated[int | None, _option(BenchSettings, "frames")] = None,
+    size: Annotated[int | None, _option(BenchSettings, "size")] = None,
+    steps: Annotated[int | None, _option(BenchSettings, "steps")] = None,
+    edit_steps: Annotated[int | None, _option(BenchSettings, "edit_steps")] = None,
+    inversion_steps: Annotated[int | None, _option(BenchSettings, "inversion_steps")] = None,
+    device: Device = None,
+    tiny: Annotated[bool | None, _option(BenchSettings, "tiny")] = None,
+    low_memory: Annotated[bool | None, _option(BenchSettings, "low_memory")] = None,
+    compile: Compile = None,
+    as_json: Json = False,
 ) -> None:
     """Time a whole tune and edit on random SD v1.4-sized weights (no download), as `tav tune`/`edit` run."""
-    from tavcli.faces.bench import BenchSettings, run
+    from tavcli.faces.bench import run
+    from tavcli.settings import build
 
+    settings = build(BenchSettings, _flags(locals(), BenchSettings))
     with _Progress(quiet=False) as progress:
-        result = run(BenchSettings(frames, size, steps, edit_steps, device, tiny, low_memory, compile_), progress)
+        result = run(settings, progress)
     if as_json:
         _stdout().print_json(json.dumps(result))
         return

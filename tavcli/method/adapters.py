@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -22,9 +22,10 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from tavcli.method.attention import clip_context, init_temporal
+from tavcli.errors import Corrupt
+from tavcli.method.attention import init_temporal
+from tavcli.method.params import AdapterKind, AdapterSpec
 
-KINDS = ("full", "lora")
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 # The modules the paper tunes: W^Q of the spatial and cross attention, and all of the temporal attention.
@@ -32,25 +33,6 @@ TUNED_MODULES = re.compile(r"(^|\.)(attn1\.to_q|attn2\.to_q|attn_temp\.(to_q|to_
 _PEFT_TARGETS = r".*(attn1\.to_q|attn2\.to_q|attn_temp\.(to_q|to_k|to_v|to_out\.0))"
 
 
-class AdapterError(ValueError):
-    """An adapter folder that is missing, malformed, or made for another model."""
-
-
-class AdapterSpecError(AdapterError):
-    """Settings that describe no valid adapter (bad input, not a damaged file)."""
-
-
-@dataclass(frozen=True)
-class AdapterSpec:
-    kind: str = "full"
-    rank: int = 16  # lora only
-    temporal_seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise AdapterSpecError(f"unknown adapter kind {self.kind!r}; choose one of {', '.join(KINDS)}")
-        if self.kind == "lora" and self.rank < 1:
-            raise AdapterSpecError(f"LoRA rank must be at least 1, got {self.rank}")
 
 
 def _lora_config(spec: AdapterSpec):
@@ -64,7 +46,7 @@ def _lora_config(spec: AdapterSpec):
 def attach(unet: nn.Module, spec: AdapterSpec) -> list[nn.Parameter]:
     """Freeze the inflated UNet but for what `spec` trains; returns those parameters (in fp32)."""
     unet.requires_grad_(False)
-    if spec.kind == "lora":
+    if spec.kind == AdapterKind.LORA:
         from peft import inject_adapter_in_model
 
         inject_adapter_in_model(_lora_config(spec), unet)
@@ -82,7 +64,7 @@ def attach(unet: nn.Module, spec: AdapterSpec) -> list[nn.Parameter]:
 
 def adapter_state(unet: nn.Module, spec: AdapterSpec) -> dict[str, torch.Tensor]:
     """The tensors an adapter of `spec` stores, keyed as in the UNet's (PEFT-stripped) state dict."""
-    if spec.kind == "lora":
+    if spec.kind == AdapterKind.LORA:
         from peft import get_peft_model_state_dict
 
         return dict(get_peft_model_state_dict(unet))
@@ -98,17 +80,18 @@ def save_adapter(unet: nn.Module, spec: AdapterSpec, folder: str | Path, dtype: 
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    dtype = dtype or (torch.float16 if spec.kind == "full" else torch.float32)
+    dtype = dtype or (torch.float16 if spec.kind == AdapterKind.FULL else torch.float32)
     state = state if state is not None else adapter_state(unet, spec)
     tensors = {k: v.to("cpu", dtype).contiguous() for k, v in state.items()}
-    if spec.kind == "lora":
+    if spec.kind == AdapterKind.LORA:
         config = _lora_config(spec).to_dict()
         config["target_modules"] = _PEFT_TARGETS  # to_dict() returns a set for regex-free lists only
     else:
         config = {"peft_type": "TAV_FULL", "target_modules": _PEFT_TARGETS}
-    # tav's own fields ride in the safetensors header, so the JSON stays a config PEFT reads without warnings.
+    # tav's own fields (the whole spec) ride in the safetensors header, so the JSON stays a config PEFT reads
+    # without warnings and every loader rebuilds the UNet the adapter was tuned on.
     header = {f"tav_{k}": str(v) for k, v in asdict(spec).items()}
-    header |= {"format": "pt", "tav_attention": clip_context(unet).attention, **(metadata or {})}
+    header |= {"format": "pt", **(metadata or {})}
     (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2, default=str) + "\n")
     save_file(tensors, folder / WEIGHTS_NAME, metadata=header)
     return folder
@@ -118,27 +101,25 @@ def read_metadata(folder: str | Path) -> dict[str, str]:
     """The adapter's safetensors header: tav's spec fields (`tav_*`) and whatever the caller stored."""
     path = Path(folder) / WEIGHTS_NAME
     if not (Path(folder) / CONFIG_NAME).is_file():
-        raise AdapterError(f"{folder} has no {CONFIG_NAME}; is it a tav adapter folder?")
+        raise Corrupt(f"{folder} has no {CONFIG_NAME}; is it a tav adapter folder?")
     if not path.is_file():
-        raise AdapterError(f"{folder} has no {WEIGHTS_NAME}")
+        raise Corrupt(f"{folder} has no {WEIGHTS_NAME}")
     try:
         with safe_open(path, "pt") as f:
             return dict(f.metadata() or {})
     except Exception as e:  # safetensors raises its own error types for a damaged header
-        raise AdapterError(f"{path} is not a readable safetensors file ({e})") from e
+        raise Corrupt(f"{path} is not a readable safetensors file ({e})") from e
 
 
 def read_spec(folder: str | Path) -> AdapterSpec:
+    """The spec stored with an adapter; attention and norm default to the paper's for adapters written before
+    tav recorded them (attention since 0.1, norm since 0.2: all of those were tuned with clip GroupNorm)."""
     meta = read_metadata(folder)
     try:
-        return AdapterSpec(meta["tav_kind"], int(meta["tav_rank"]), int(meta["tav_temporal_seed"]))
+        return AdapterSpec(meta["tav_kind"], int(meta["tav_rank"]), int(meta["tav_temporal_seed"]),
+                           meta.get("tav_attention", AdapterSpec.attention), meta.get("tav_norm", AdapterSpec.norm))
     except (KeyError, ValueError) as e:
-        raise AdapterError(f"{Path(folder) / WEIGHTS_NAME} is not a tav adapter (no {e} in its header)") from e
-
-
-def read_attention(folder: str | Path) -> str:
-    """The attention mode the adapter was tuned with."""
-    return read_metadata(folder).get("tav_attention", "sparse-causal")
+        raise Corrupt(f"{Path(folder) / WEIGHTS_NAME} is not a tav adapter (no {e} in its header)") from e
 
 
 def load_adapter(unet: nn.Module, folder: str | Path) -> AdapterSpec:
@@ -149,18 +130,18 @@ def load_adapter(unet: nn.Module, folder: str | Path) -> AdapterSpec:
     try:
         init_temporal(unet, spec.temporal_seed)
         attach(unet, spec)  # LoRA layers where a LoRA adapter needs them; tuned tensors in fp32
-        if spec.kind == "lora":
+        if spec.kind == AdapterKind.LORA:
             from peft import set_peft_model_state_dict
 
             unexpected = list(set_peft_model_state_dict(unet, tensors).unexpected_keys or [])
         else:
             unexpected = list(unet.load_state_dict(tensors, strict=False).unexpected_keys)
     except (AttributeError, RuntimeError) as e:  # no temporal layers, or tensors of other shapes
-        raise AdapterError(f"{folder} does not fit this UNet ({str(e).splitlines()[0]}); "
+        raise Corrupt(f"{folder} does not fit this UNet ({str(e).splitlines()[0]}); "
                            "is the base the one it was tuned on?") from e
     missing = set(adapter_state(unet, spec)) - set(tensors)
     if unexpected or missing:
-        raise AdapterError(f"{folder} does not fit this UNet: {len(unexpected)} unknown and {len(missing)} "
+        raise Corrupt(f"{folder} does not fit this UNet: {len(unexpected)} unknown and {len(missing)} "
                            f"missing tensors (e.g. {(unexpected or sorted(missing))[0]}); is the base the one it "
                            "was tuned on?")
     unet.requires_grad_(False)

@@ -28,9 +28,9 @@ from diffusers.models.resnet import ResnetBlock2D
 from torch import nn
 
 from tavcli.engine.geglu import recompute_geglus
-
-ATTENTION_MODES = ("sparse-causal", "first-frame", "full", "frame")
-NORM_MODES = ("clip", "frame")
+from tavcli.errors import BadInput
+from tavcli.method.params import Attention as AttentionMode
+from tavcli.method.params import Norm
 
 
 @dataclass
@@ -38,7 +38,7 @@ class ClipContext:
     """What the modules tav adds to one UNet need to know about the current call."""
 
     frames: int = 1
-    attention: str = "sparse-causal"
+    attention: AttentionMode = AttentionMode.SPARSE_CAUSAL
     temporal_seed: int = 0
 
 
@@ -63,7 +63,7 @@ def key_frames(frames: int, mode: str) -> list[list[int]]:
         return [list(range(frames)) for _ in range(frames)]
     if mode == "frame":
         return [[i] for i in range(frames)]
-    raise ValueError(f"unknown attention mode {mode!r}; choose one of {', '.join(ATTENTION_MODES)}")
+    raise BadInput(f"unknown attention mode {mode!r}; choose one of {', '.join(AttentionMode.choices())}")
 
 
 def source_frames(x: torch.Tensor, mode: str) -> torch.Tensor:
@@ -85,7 +85,7 @@ def source_frames(x: torch.Tensor, mode: str) -> torch.Tensor:
         return x[:, None].expand(b, f, f, *x.shape[2:])
     if mode == "frame":
         return x[:, :, None]
-    raise ValueError(f"unknown attention mode {mode!r}; choose one of {', '.join(ATTENTION_MODES)}")
+    raise BadInput(f"unknown attention mode {mode!r}; choose one of {', '.join(AttentionMode.choices())}")
 
 
 class FrameAttnProcessor:
@@ -268,19 +268,26 @@ def _transformer_blocks(unet: nn.Module) -> list[BasicTransformerBlock]:
     return [m for m in unet.modules() if isinstance(m, BasicTransformerBlock)]
 
 
-def set_attention_mode(unet: nn.Module, mode: str) -> None:
+def set_attention_mode(unet: nn.Module, mode: AttentionMode | str) -> None:
     """Switch every attn1 between sparse-causal, first-frame, full and per-frame attention."""
-    key_frames(1, mode)  # validates
+    mode = _mode(AttentionMode, mode)
     ctx = clip_context(unet)
     ctx.attention = mode
     for block in _transformer_blocks(unet):
         block.attn1.set_processor(AttnProcessor2_0() if mode == "frame" else FrameAttnProcessor(ctx))
 
 
+def _mode(kind: type[AttentionMode] | type[Norm], value: str) -> AttentionMode | Norm:
+    try:
+        return kind(value)
+    except ValueError:
+        raise BadInput(f"unknown {kind.__name__.lower()} mode {value!r}; choose one of {', '.join(kind.choices())}") from None
+
+
 def inflate(
     unet: nn.Module,
-    attention: str = "sparse-causal",
-    norm: str = "clip",
+    attention: AttentionMode | str = AttentionMode.SPARSE_CAUSAL,
+    norm: Norm | str = Norm.CLIP,
     temporal: bool = True,
     seed: int = 0,
 ) -> nn.Module:
@@ -291,8 +298,7 @@ def inflate(
     """
     if hasattr(unet, "tav_clip"):
         raise ValueError("this UNet is already inflated")
-    if norm not in NORM_MODES:
-        raise ValueError(f"unknown norm {norm!r}; choose one of {', '.join(NORM_MODES)}")
+    norm = _mode(Norm, norm)
     ctx = ClipContext()
     unet.tav_clip = ctx
     set_attention_mode(unet, attention)

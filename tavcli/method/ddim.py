@@ -9,22 +9,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from tavcli.engine.graphs import CudaGraph
+from tavcli.engine.runtime import autocast_for
 from tavcli.method.attention import video_forward
-from tavcli.method.tuning import autocast_for
-
-
-@dataclass
-class EditSettings:
-    """The paper's defaults: 50 DDIM steps each way, classifier-free guidance 12.5."""
-
-    steps: int = 50
-    guidance: float = 12.5
-    negative_prompt: str = ""
-    seed: int = 0
-    inversion: bool = True
-    inversion_steps: int = 50
-    cuda_graphs: bool = True  # replay each step's UNet call as one CUDA graph (GPU only)
-    compile: bool = False  # torch.compile the UNet's repeated blocks first (tavcli.engine.compiling): minutes, cold
 
 
 @dataclass(frozen=True)
@@ -60,44 +47,34 @@ def ddim_step(x: torch.Tensor, eps: torch.Tensor, a_from: torch.Tensor, a_to: to
 
 
 class Denoiser:
-    """The UNet's noise prediction during sampling. On a GPU, each input shape's forward is captured once
-    as a CUDA graph and replayed every step: sampling is dominated by launching ~1,700 small kernels per
-    UNet call, which a replay issues in one go.
+    """The UNet's noise prediction during sampling. On a GPU, each input shape's forward runs as a CUDA graph
+    (`tavcli.engine.graphs`): sampling is dominated by launching ~1,700 small kernels per UNet call, which a
+    replay issues in one go. One Denoiser serves every prompt of an edit, and inversion and sampling alike.
     """
+
+    warmup = 2  # eager calls per shape before its capture (lazy inits, cuDNN autotuning)
 
     def __init__(self, unet: nn.Module, cuda_graphs: bool = True):
         self.unet = unet
         mixed = not isinstance(autocast_for(unet), contextlib.nullcontext)  # autocast's caches break replay
         self.graphs = cuda_graphs and unet.conv_in.weight.device.type == "cuda" and not mixed
-        self._captured: dict[tuple, tuple] = {}
+        self._graphed: dict[tuple, tuple] = {}
 
     def __call__(self, x: torch.Tensor, t: int, text: torch.Tensor) -> torch.Tensor:
         if not self.graphs:
             with autocast_for(self.unet):
                 return video_forward(self.unet, x, t, text).float()
         key = (tuple(x.shape), tuple(text.shape))
-        if key not in self._captured:
-            self._captured[key] = self._capture(x, text)
-        graph, static_x, static_t, static_text, out = self._captured[key]
+        if key not in self._graphed:
+            static_x, static_text = torch.empty_like(x), torch.empty_like(text)
+            static_t = torch.zeros((), dtype=torch.long, device=x.device)  # a device tensor: no copy in replay
+            graph = CudaGraph(lambda: video_forward(self.unet, static_x, static_t, static_text), self.warmup)
+            self._graphed[key] = graph, static_x, static_t, static_text
+        graph, static_x, static_t, static_text = self._graphed[key]
         static_x.copy_(x)
         static_t.fill_(t)
         static_text.copy_(text)
-        graph.replay()
-        return out.to(torch.float32, copy=True)  # the graph overwrites `out` at the next replay
-
-    def _capture(self, x: torch.Tensor, text: torch.Tensor) -> tuple:
-        static_x, static_text = x.clone(), text.clone()
-        static_t = torch.zeros((), dtype=torch.long, device=x.device)  # a device tensor: no copy in replay
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # warm-up runs allocate and autotune outside the capture
-            for _ in range(2):
-                video_forward(self.unet, static_x, static_t, static_text)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            out = video_forward(self.unet, static_x, static_t, static_text)
-        return graph, static_x, static_t, static_text, out
+        return graph().to(torch.float32, copy=True)  # a replay overwrites its output at the next call
 
 
 def _denoiser(unet: nn.Module | Denoiser) -> Denoiser:

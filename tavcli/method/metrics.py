@@ -21,16 +21,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from tavcli.engine.runtime import resolve_device
+from tavcli.errors import BadInput
+
 if TYPE_CHECKING:
     from transformers import CLIPModel
 
-DEFAULT_CLIP = "openai/clip-vit-large-patch14"
+from tavcli.method.params import DEFAULT_CLIP  # noqa: E402,F401 - its home is the params
+
 _IMAGE_BATCH = 16  # frames through the vision tower at once: bounds activation memory for long videos
 _LOAD_ERRORS = (OSError, ValueError, KeyError)  # hub errors (offline, 404, bad id) are OSError subclasses
 
-
-class MetricsError(ValueError):
-    """Metrics that cannot be computed (model not found, bad frames or prompt); the message says the fix."""
 
 
 def _first_line(error: BaseException) -> str:
@@ -45,21 +46,11 @@ def _locate(name_or_path: str) -> str:
     if path.is_dir():
         return str(path)
     if path.exists():
-        raise MetricsError(f"{path} is a file; pass --clip PATH to a folder holding a transformers CLIP model")
+        raise BadInput(f"{path} is a file; pass --clip PATH to a folder holding a transformers CLIP model")
     if name_or_path.count("/") != 1 or name_or_path.startswith((".", "/", "~")):
-        raise MetricsError(f"no CLIP model folder at {name_or_path!r} and it is not a hub id like {DEFAULT_CLIP}; "
+        raise BadInput(f"no CLIP model folder at {name_or_path!r} and it is not a hub id like {DEFAULT_CLIP}; "
                            "pass --clip PATH to a folder holding a transformers CLIP model")
     return name_or_path
-
-
-def _resolve_device(device: str | torch.device) -> torch.device:
-    try:
-        dev = torch.device(device)
-    except RuntimeError as e:
-        raise MetricsError(f"unknown device {device!r} ({_first_line(e)}); use cpu or cuda") from e
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise MetricsError("a CUDA device was asked for but no CUDA GPU is visible; use --device cpu")
-    return dev
 
 
 def _image_processor_class() -> Any:
@@ -83,14 +74,14 @@ def _pooled(output: Any) -> torch.Tensor:
 def _check_frames(frames: np.ndarray) -> None:
     if not isinstance(frames, np.ndarray) or frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         what = f"{frames.dtype} array of shape {frames.shape}" if isinstance(frames, np.ndarray) else type(frames)
-        raise MetricsError(f"frames must be a uint8 array (F, H, W, 3), got a {what}; decode the video to RGB uint8")
+        raise BadInput(f"frames must be a uint8 array (F, H, W, 3), got a {what}; decode the video to RGB uint8")
     if len(frames) == 0:
-        raise MetricsError("no frames to score; check that the video decoded to at least one frame")
+        raise BadInput("no frames to score; check that the video decoded to at least one frame")
 
 
 def _check_prompt(prompt: str) -> None:
     if not isinstance(prompt, str) or not prompt.strip():
-        raise MetricsError("empty prompt; pass the text the video was edited towards")
+        raise BadInput("empty prompt; pass the text the video was edited towards")
 
 
 def _clip_score(images: torch.Tensor, text: torch.Tensor) -> float:
@@ -101,7 +92,7 @@ def _clip_score(images: torch.Tensor, text: torch.Tensor) -> float:
 def _check_pairs(count: int) -> None:
     """A single frame has no pair, so consistency is undefined; an error beats a NaN in a results table."""
     if count < 2:
-        raise MetricsError("frame consistency needs at least 2 frames; score a video with more than one frame")
+        raise BadInput("frame consistency needs at least 2 frames; score a video with more than one frame")
 
 
 def _frame_consistency(images: torch.Tensor) -> float:
@@ -127,7 +118,7 @@ class Scorer:
         """Load a CLIP model from a folder or the HF cache/hub (HF_HUB_OFFLINE is honoured by transformers)."""
         from transformers import CLIPModel, CLIPTokenizer
 
-        dev = _resolve_device(device)  # before loading, so a bad --device fails fast
+        dev = device if isinstance(device, torch.device) else resolve_device(device)  # before loading, so a bad --device fails fast
         source = _locate(name_or_path)
         try:
             # fp32 whatever the checkpoint holds: the metrics are small differences of cosines.
@@ -135,7 +126,7 @@ class Scorer:
             tokenizer = CLIPTokenizer.from_pretrained(source)
             image_processor = _image_processor_class().from_pretrained(source)
         except _LOAD_ERRORS as e:
-            raise MetricsError(_load_hint(name_or_path, source, e)) from e
+            raise BadInput(_load_hint(name_or_path, source, e)) from e
         model.requires_grad_(False).eval().to(dev)
         return cls(model, tokenizer, image_processor, dev)
 

@@ -16,7 +16,10 @@ import numpy as np
 import torch
 from torch import nn
 
-DEFAULT_BASE = "CompVis/stable-diffusion-v1-4"
+from tavcli.engine.runtime import resolve_device, resolve_dtype
+from tavcli.errors import BadInput
+from tavcli.method.params import DEFAULT_BASE  # noqa: E402,F401 - its home is the params
+
 LATENT_SCALE = 0.18215  # SD v1's VAE scaling factor (the paper's latents are 4 x H/8 x W/8)
 _COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 _ENCODE_CHUNK = 2  # frames through the VAE encoder at once: its 512x512x128 activations would else be
@@ -37,9 +40,6 @@ _MODEL_TYPE_WORDS = {
     "controlnet": "ControlNet", "instruct-pix2pix": "InstructPix2Pix", "playground-v2-5": "Playground v2.5",
 }
 
-
-class BaseModelError(ValueError):
-    """A base model that cannot be found or loaded; the message says how to get one."""
 
 
 @dataclass
@@ -85,26 +85,6 @@ def encoders_parked(base: Base) -> Iterator[None]:
             part.to(base.device)
 
 
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise BaseModelError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
-    return torch.device(device)
-
-
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """fp32 on CPU; bf16 for frozen weights on a GPU that has it, else fp16."""
-    named = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-    if dtype != "auto":
-        if dtype not in named:
-            raise ValueError(f"unknown dtype {dtype!r}; choose auto, {', '.join(named)}")
-        return named[dtype]
-    if device.type != "cuda":
-        return torch.float32
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
 def _offline_reason() -> str:
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
     return "HF_HUB_OFFLINE is set" if offline else "the Hugging Face Hub cannot be reached"
@@ -133,12 +113,12 @@ def _hub_folder(repo_id: str, revision: str | None) -> Path:
     try:
         return _snapshot(repo_id, revision, ["model_index.json", *(f"{c}/*" for c in _COMPONENTS)])
     except LocalEntryNotFoundError as e:
-        raise BaseModelError(
+        raise BadInput(
             f"base model {repo_id!r} is not in the local Hugging Face cache and {_offline_reason()}; download it once "
             f"with `hf download {repo_id}` on a connected machine, or pass --base PATH to a diffusers folder"
         ) from e
     except HfHubHTTPError as e:
-        raise BaseModelError(f"base model {repo_id!r} could not be fetched from the Hub ({_first_line(e)}); "
+        raise BadInput(f"base model {repo_id!r} could not be fetched from the Hub ({_first_line(e)}); "
                              "check the id, or pass --base PATH to a diffusers folder") from e
 
 
@@ -152,13 +132,13 @@ def locate_base(name: str = DEFAULT_BASE, revision: str | None = None) -> tuple[
     if path.is_dir():
         missing = [c for c in _COMPONENTS if not (path / c).is_dir()]
         if missing:
-            raise BaseModelError(f"{path} is not a Stable Diffusion diffusers folder (missing {', '.join(missing)}/)")
+            raise BadInput(f"{path} is not a Stable Diffusion diffusers folder (missing {', '.join(missing)}/)")
         return path, None
     if path.is_file():
-        raise BaseModelError(f"{path} is a single file, not a diffusers folder; load_base reads single-file "
+        raise BadInput(f"{path} is a single file, not a diffusers folder; load_base reads single-file "
                              "SD1.x checkpoints (.safetensors, .ckpt)")
     if not _is_hub_id(name):
-        raise BaseModelError(f"base model {name!r} is neither a folder nor a hub id like {DEFAULT_BASE}")
+        raise BadInput(f"base model {name!r} is neither a folder nor a hub id like {DEFAULT_BASE}")
     folder = _hub_folder(name, revision)
     return folder, folder.name  # the snapshot folder is named for the commit it holds
 
@@ -181,10 +161,10 @@ def load_base(
     checkpoint = _checkpoint_file(name)
     if checkpoint is not None:
         if revision is not None:
-            raise BaseModelError(f"a revision applies to hub ids, not to the single file {checkpoint}")
+            raise BadInput(f"a revision applies to hub ids, not to the single file {checkpoint}")
         return _load_single_file(name, checkpoint, config, dev, dt)
     if config is not None:
-        raise BaseModelError(f"--base-config is only for single-file checkpoints; {name} is a folder or hub id "
+        raise BadInput(f"--base-config is only for single-file checkpoints; {name} is a folder or hub id "
                              "that carries its own configuration")
     return _load_folder(name, revision, dev, dt)
 
@@ -200,7 +180,7 @@ def _load_folder(name: str, revision: str | None, dev: torch.device, dt: torch.d
         text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", torch_dtype=dt)
         tokenizer, scheduler_config = _tokenizer_and_scheduler(folder)
     except (OSError, ValueError, KeyError) as e:
-        raise BaseModelError(f"could not load the base model from {folder}: {e}") from e
+        raise BadInput(f"could not load the base model from {folder}: {e}") from e
     _freeze(dev, unet, vae, text_encoder)
     return Base(unet, vae, text_encoder, tokenizer, scheduler_config, name, rev, folder, dev, dt)
 
@@ -225,11 +205,11 @@ def _checkpoint_file(name: str) -> Path | None:
     path = Path(name).expanduser()
     if path.is_file():
         if path.suffix.lower() not in _CHECKPOINT_SUFFIXES:
-            raise BaseModelError(f"{path} is a file of unknown type {path.suffix or '(no suffix)'!r}; a single-file "
+            raise BadInput(f"{path} is a file of unknown type {path.suffix or '(no suffix)'!r}; a single-file "
                                  "base must be an SD1.x .safetensors (or legacy .ckpt) checkpoint")
         return path
     if path.suffix.lower() in _CHECKPOINT_SUFFIXES:  # clearly meant as a file: say so rather than "not a hub id"
-        raise BaseModelError(f"checkpoint file {path} does not exist")
+        raise BadInput(f"checkpoint file {path} does not exist")
     return None
 
 
@@ -241,7 +221,7 @@ def _load_single_file(name: str, path: Path, config: str | None, dev: torch.devi
     try:
         tokenizer, scheduler_config = _tokenizer_and_scheduler(folder)
     except (OSError, ValueError, KeyError) as e:
-        raise BaseModelError(f"could not load the tokenizer and scheduler from {folder}: {_first_line(e)}") from e
+        raise BadInput(f"could not load the tokenizer and scheduler from {folder}: {_first_line(e)}") from e
     del state  # release the file's tensors the models did not take over, before moving to the device
     _freeze(dev, unet, vae, text_encoder)
     return Base(unet, vae, text_encoder, tokenizer, scheduler_config, name, None, folder, dev, dt,
@@ -255,7 +235,7 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
         return _read_safetensors(path)
     if path.suffix.lower() == ".ckpt":
         return _read_ckpt(path)
-    raise BaseModelError(f"{path}: unknown checkpoint type {path.suffix!r}; expected .safetensors or .ckpt")
+    raise BadInput(f"{path}: unknown checkpoint type {path.suffix!r}; expected .safetensors or .ckpt")
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -265,7 +245,7 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(path, device="cpu")
     except (SafetensorError, OSError) as e:
-        raise BaseModelError(f"{path} is not a readable .safetensors file ({_first_line(e)})") from e
+        raise BadInput(f"{path} is not a readable .safetensors file ({_first_line(e)})") from e
 
 
 def _read_ckpt(path: Path) -> dict[str, torch.Tensor]:
@@ -275,14 +255,14 @@ def _read_ckpt(path: Path) -> dict[str, torch.Tensor]:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         # weights_only refuses any pickled object that is not a tensor or a plain container: never run such code
-        raise BaseModelError(f"{path} holds Python objects besides tensors, which tav will not unpickle; convert "
+        raise BadInput(f"{path} holds Python objects besides tensors, which tav will not unpickle; convert "
                              "it to .safetensors (in an environment you trust) and pass that instead") from e
     except (RuntimeError, OSError, EOFError, ValueError) as e:
-        raise BaseModelError(f"{path} is not a readable .ckpt file ({_first_line(e)})") from e
+        raise BadInput(f"{path} is not a readable .ckpt file ({_first_line(e)})") from e
     while isinstance(data, dict) and isinstance(data.get("state_dict"), dict):  # Lightning nests the weights
         data = data["state_dict"]
     if not isinstance(data, dict):
-        raise BaseModelError(f"{path} does not hold a state dict (found {type(data).__name__})")
+        raise BadInput(f"{path} does not hold a state dict (found {type(data).__name__})")
     return {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
 
 
@@ -302,17 +282,17 @@ def _check_sd1(path: Path, state: dict[str, torch.Tensor]) -> None:
         return any(k.startswith(prefix) for k in state)
 
     if not has(_LDM_UNET):
-        raise BaseModelError(f"{path} is not a Stable Diffusion 1.x checkpoint: it has no {_LDM_UNET}* UNet weights "
+        raise BadInput(f"{path} is not a Stable Diffusion 1.x checkpoint: it has no {_LDM_UNET}* UNet weights "
                              "(the original LDM layout); pass an SD1.x .safetensors/.ckpt or a diffusers folder")
     kind = _model_type(state)
     if kind != "v1":
-        raise BaseModelError(f"{path} looks like a {_MODEL_TYPE_WORDS.get(kind, repr(kind))} checkpoint, not "
+        raise BadInput(f"{path} looks like a {_MODEL_TYPE_WORDS.get(kind, repr(kind))} checkpoint, not "
                              "Stable Diffusion 1.x; tav's Tune-A-Video needs an SD1.x base")
     if not has(_LDM_VAE):
-        raise BaseModelError(f"{path} has no VAE weights ({_LDM_VAE}*); tav needs a full SD1.x checkpoint "
+        raise BadInput(f"{path} has no VAE weights ({_LDM_VAE}*); tav needs a full SD1.x checkpoint "
                              "with UNet, VAE and text encoder")
     if not has(_LDM_CLIP + "text_model."):
-        raise BaseModelError(f"{path} has no CLIP text encoder weights ({_LDM_CLIP}text_model.*); tav needs a "
+        raise BadInput(f"{path} has no CLIP text encoder weights ({_LDM_CLIP}text_model.*); tav needs a "
                              "full SD1.x checkpoint with UNet, VAE and text encoder")
 
 
@@ -329,19 +309,19 @@ def _config_folder(path: Path, state: dict[str, torch.Tensor], config: str | Non
         try:
             folder, source = _snapshot(config, None, _CONFIG_PATTERNS), config
         except LocalEntryNotFoundError as e:
-            raise BaseModelError(
+            raise BadInput(
                 f"base config {config!r} is not in the local Hugging Face cache and {_offline_reason()}; fetch its "
                 f"configs once with `hf download {config} --include '*.json' 'tokenizer/*'`, or pass "
                 "--base-config PATH to a local SD1.x diffusers folder") from e
         except HfHubHTTPError as e:
-            raise BaseModelError(f"base config {config!r} could not be fetched from the Hub ({_first_line(e)}); "
+            raise BadInput(f"base config {config!r} could not be fetched from the Hub ({_first_line(e)}); "
                                  "check the id, or pass --base-config PATH to a local SD1.x diffusers folder") from e
     else:
-        raise BaseModelError(f"--base-config {config!r} is neither a folder nor a hub id like "
+        raise BadInput(f"--base-config {config!r} is neither a folder nor a hub id like "
                              "stable-diffusion-v1-5/stable-diffusion-v1-5")
     missing = [f for f in _CONFIG_FILES if not (folder / f).exists()]
     if missing:
-        raise BaseModelError(f"{folder} cannot configure an SD1.x checkpoint: it lacks {', '.join(missing)}; "
+        raise BadInput(f"{folder} cannot configure an SD1.x checkpoint: it lacks {', '.join(missing)}; "
                              "pass --base-config PATH to an SD1.x diffusers folder (e.g. stable-diffusion-v1-5)")
     return folder, source
 
@@ -360,7 +340,7 @@ def _default_config_folder(path: Path, state: dict[str, torch.Tensor]) -> Path:
     try:
         return _snapshot(repo, None, _CONFIG_PATTERNS)
     except (LocalEntryNotFoundError, HfHubHTTPError) as e:
-        raise BaseModelError(
+        raise BadInput(
             f"{path} is a single-file checkpoint and tav needs an SD1.x diffusers folder for its configuration "
             f"(model configs, tokenizer, scheduler), but {repo} is not in the local Hugging Face cache and "
             f"{_offline_reason()}; pass --base-config PATH to a local one, e.g. a stable-diffusion-v1-5 folder"
@@ -386,10 +366,10 @@ def _single_file_models(path: Path, state: dict[str, torch.Tensor], folder: Path
         text_encoder = create_diffusers_clip_model_from_ldm(CLIPTextModel, state, subfolder="text_encoder",
                                                             config=where, torch_dtype=dt, local_files_only=True)
     except (RuntimeError, ValueError, KeyError, IndexError, OSError, SingleFileComponentError) as e:
-        if isinstance(e, BaseModelError):
+        if isinstance(e, BadInput):
             raise
         # size mismatches land here: an SD2/SDXL-shaped file, or a config folder of another architecture
-        raise BaseModelError(f"the weights in {path} do not fit the SD1.x configuration in {folder} "
+        raise BadInput(f"the weights in {path} do not fit the SD1.x configuration in {folder} "
                              f"({_first_line(e)[:300]})") from e
     return unet, vae, text_encoder
 
@@ -402,8 +382,11 @@ def _require_all_weights(path: Path, folder: Path, state: dict[str, torch.Tensor
     diffusers will and compare them with the parameters of meta-device (weightless) models.
     """
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from diffusers.loaders.single_file_utils import (convert_ldm_clip_checkpoint, convert_ldm_unet_checkpoint,
-                                                     convert_ldm_vae_checkpoint)
+    from diffusers.loaders.single_file_utils import (
+        convert_ldm_clip_checkpoint,
+        convert_ldm_unet_checkpoint,
+        convert_ldm_vae_checkpoint,
+    )
     from transformers import CLIPTextConfig, CLIPTextModel
 
     unet_config = UNet2DConditionModel.load_config(folder, subfolder="unet")
@@ -420,7 +403,7 @@ def _require_all_weights(path: Path, folder: Path, state: dict[str, torch.Tensor
                                    ("text encoder", text_encoder, clip)):
         missing = sorted(set(model.state_dict()) - set(converted))
         if missing:
-            raise BaseModelError(f"{path} lacks {len(missing)} {what} weights for its SD1.x configuration "
+            raise BadInput(f"{path} lacks {len(missing)} {what} weights for its SD1.x configuration "
                                  f"(e.g. {missing[0]}); it is not a complete SD1.x checkpoint")
 
 

@@ -4,6 +4,7 @@
     tav = TuneAVideo.create(base)
     clip = read_video("man-skiing.mp4")
     tav.tune(clip.frames, "a man is skiing")
+    tav.for_inference()                  # explicit: casts the tuned weights for fast sampling
     noise = tav.invert(clip.frames)
     videos = tav.generate(["an astronaut is skiing on the moon"], noise=noise)
 """
@@ -19,16 +20,18 @@ import torch
 from torch import nn
 
 from tavcli.engine import compiling
+from tavcli.engine.runtime import Runtime
 from tavcli.method import adapters, ddim
-from tavcli.method.attention import inflate, set_attention_mode
+from tavcli.method.attention import inflate
 from tavcli.method.models import Base, decode_latents, encode_frames, encode_prompts, encoders_parked
-from tavcli.method.tuning import ClipLatents, TuneSettings, tune
+from tavcli.method.params import AdapterSpec, Attention, EditSettings, TuneSettings
+from tavcli.method.tuning import ClipLatents, tune
 
 
 @dataclass
 class TuneAVideo:
     base: Base
-    spec: adapters.AdapterSpec
+    spec: AdapterSpec
     params: list[nn.Parameter] = field(repr=False)
     tuned_state: dict[str, torch.Tensor] | None = field(default=None, repr=False)  # fp32, once cast for inference
     compiled: bool = False
@@ -38,19 +41,19 @@ class TuneAVideo:
         return self.base.unet
 
     @classmethod
-    def create(cls, base: Base, spec: adapters.AdapterSpec = adapters.AdapterSpec(),
-               attention: str = "sparse-causal", norm: str = "clip") -> TuneAVideo:
-        """Inflate the base's UNet in place and make `spec`'s parameters trainable."""
-        inflate(base.unet, attention=attention, norm=norm, seed=spec.temporal_seed)
+    def create(cls, base: Base, spec: AdapterSpec = AdapterSpec()) -> TuneAVideo:
+        """Inflate the base's UNet in place (as `spec` says) and make `spec`'s parameters trainable."""
+        inflate(base.unet, attention=spec.attention, norm=spec.norm, seed=spec.temporal_seed)
         return cls(base, spec, adapters.attach(base.unet, spec))
 
     @classmethod
-    def from_adapter(cls, base: Base, folder: str | Path, attention: str | None = None) -> TuneAVideo:
-        """The base plus a saved adapter; `attention` overrides the mode it was tuned with."""
+    def from_adapter(cls, base: Base, folder: str | Path, attention: Attention | str | None = None) -> TuneAVideo:
+        """The base plus a saved adapter, rebuilt as its stored spec says; `attention` overrides its mode."""
         spec = adapters.read_spec(folder)
-        inflate(base.unet, seed=spec.temporal_seed)
+        if attention is not None:
+            spec = spec.replace(attention=attention)
+        inflate(base.unet, attention=spec.attention, norm=spec.norm, seed=spec.temporal_seed)
         adapters.load_adapter(base.unet, folder)
-        set_attention_mode(base.unet, attention or adapters.read_attention(folder))
         base.unet.to(base.dtype)
         return cls(base, spec, [], tuned_state={})
 
@@ -65,9 +68,9 @@ class TuneAVideo:
         return adapters.save_adapter(self.unet, self.spec, folder, dtype, state=self.tuned_state or None)
 
     def for_inference(self) -> TuneAVideo:
-        """Cast the tuned weights to the frozen weights' dtype, so sampling runs without autocast's casts.
-
-        Their fp32 values are kept (on the CPU) for `save_adapter`; tuning further needs a new object.
+        """Cast the tuned weights to the frozen weights' dtype, so sampling runs without autocast's casts
+        (and as CUDA graphs). An explicit call: after it the object samples only; tuning further needs a
+        new one. Their fp32 values are kept (on the CPU) for `save_adapter`.
         """
         if self.tuned_state is None and self.base.dtype != torch.float32:
             self.tuned_state = {k: v.detach().to("cpu", copy=True) for k, v in
@@ -80,36 +83,34 @@ class TuneAVideo:
         return encode_frames(self.base, frames)
 
     def tune(self, frames: np.ndarray, caption: str, settings: TuneSettings = TuneSettings(),
-             callback: Callable[[int, torch.Tensor], None] | None = None) -> list[float]:
+             callback: Callable[[int, torch.Tensor], None] | None = None, runtime: Runtime = Runtime()) -> list[float]:
         """One-shot tuning on uint8 frames (F, H, W, 3); returns the loss of each step."""
-        if settings.compile:
+        if runtime.compile:
             self.compile()
         mean, std = self.latents(frames)
         clip = ClipLatents(mean, std, encode_prompts(self.base, [caption]))
         alphas = _alphas_cumprod(self.base.scheduler_config)
         with encoders_parked(self.base):
             return tune(self.unet, self.params, clip, alphas, settings,
-                        self.base.scheduler_config.get("prediction_type", "epsilon"), callback)
+                        self.base.scheduler_config.get("prediction_type", "epsilon"), callback, runtime)
 
     def invert(self, frames: np.ndarray, steps: int = 50, callback: Callable[[int], None] | None = None,
-               cuda_graphs: bool = True) -> torch.Tensor:
+               runtime: Runtime = Runtime()) -> torch.Tensor:
         """DDIM-invert the clip's latents (posterior mean) with the empty prompt: (1, F, 4, h, w)."""
-        self.for_inference()
         mean, _ = self.latents(frames)
         schedule = ddim.ddim_schedule(self.base.scheduler_config, steps)
-        denoise = ddim.Denoiser(self.unet, cuda_graphs)
+        denoise = ddim.Denoiser(self.unet, runtime.cuda_graphs)
         return ddim.invert(denoise, mean, encode_prompts(self.base, [""]), schedule, callback)
 
-    def generate(self, prompts: list[str], settings: ddim.EditSettings = ddim.EditSettings(),
+    def generate(self, prompts: list[str], settings: EditSettings = EditSettings(),
                  noise: torch.Tensor | None = None, frames: int = 8, height: int = 512, width: int = 512,
-                 callback: Callable[[int], None] | None = None) -> np.ndarray:
+                 callback: Callable[[int], None] | None = None, runtime: Runtime = Runtime()) -> np.ndarray:
         """uint8 videos (P, F, H, W, 3), one per prompt, from `noise` (an inversion) or from a seeded draw.
 
         With `settings.inversion` off, or no `noise`, the start is Gaussian noise of `frames` x `height`
         x `width` (the paper's "w/o inversion" ablation and plain text-to-video).
         """
-        self.for_inference()
-        if settings.compile:
+        if runtime.compile:
             self.compile()
         if noise is None or not settings.inversion:
             f = self.base.vae_factor
@@ -117,7 +118,7 @@ class TuneAVideo:
             noise = torch.randn(1, frames, 4, height // f, width // f, generator=g).to(self.base.device)
         schedule = ddim.ddim_schedule(self.base.scheduler_config, settings.steps)
         uncond = encode_prompts(self.base, [settings.negative_prompt])
-        denoise = ddim.Denoiser(self.unet, settings.cuda_graphs)  # one capture serves every prompt
+        denoise = ddim.Denoiser(self.unet, runtime.cuda_graphs)  # one capture serves every prompt
         videos = []
         for text in encode_prompts(self.base, prompts).split(1):
             latents = ddim.sample(denoise, noise, text, uncond, schedule, settings.guidance, callback)

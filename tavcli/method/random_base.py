@@ -26,6 +26,8 @@ from typing import Any
 
 import torch
 
+from tavcli.errors import BadInput
+
 ARCHES = ("tiny", "sd-v1")
 
 # Stable Diffusion v1.4's special tokens; CLIP puts them at the end of the vocab.
@@ -152,7 +154,7 @@ _CONFIGS: dict[str, tuple[dict[str, Any], dict[str, Any], dict[str, Any]]] = {
 
 def _check_arch(arch: str) -> None:
     if arch not in ARCHES:
-        raise ValueError(f"unknown arch {arch!r}; expected one of {ARCHES}")
+        raise BadInput(f"unknown arch {arch!r}; expected one of {ARCHES}")
 
 
 def bytes_to_unicode() -> dict[int, str]:

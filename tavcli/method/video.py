@@ -2,7 +2,7 @@
 
 Reading goes through decord for anything FFmpeg can decode; GIFs and directories of image
 frames go through Pillow because decord cannot open them. Every failure a user can cause
-(missing file, no video stream, corrupt data, impossible sampling) surfaces as a VideoError
+(missing file, no video stream, corrupt data, impossible sampling) surfaces as a BadInput
 with one sentence saying what was found and how to fix it.
 """
 
@@ -23,24 +23,16 @@ import numpy as np
 from decord._ffi.base import DECORDError
 from PIL import Image
 
+from tavcli.errors import BadInput
+from tavcli.method.params import FrameSampling, FrameSize, Resize
+
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
-RESIZE_MODES = ("crop", "squash")
 DEFAULT_FPS = 8.0
 # Bicubic rather than Lanczos: Pillow widens every filter's support when downscaling, so
 # bicubic does not alias, and it is what decord/FFmpeg's swscale use in the official
 # Tune-A-Video loader, so frames stay close to what the upstream configs were tuned on.
 RESAMPLE = Image.Resampling.BICUBIC
 
-
-class VideoError(ValueError):
-    """A video could not be read or written; the message says what was found and how to fix it."""
-
-
-@dataclass(frozen=True)
-class FrameSampling:
-    frames: int = 8
-    start: int = 0
-    stride: int | None = None
 
 
 # eq=False: a generated __eq__ would compare the frame arrays and raise on truth-testing.
@@ -68,26 +60,16 @@ def sample_indices(total: int, sampling: FrameSampling) -> list[int]:
     return _sample(total, sampling, "the clip")
 
 
-def _check_sampling(sampling: FrameSampling) -> None:
-    if sampling.frames < 1:
-        raise VideoError(f"frames must be at least 1, got {sampling.frames}")
-    if sampling.start < 0:
-        raise VideoError(f"start must be 0 or more, got {sampling.start}")
-    if sampling.stride is not None and sampling.stride < 1:
-        raise VideoError(f"stride must be at least 1 (or unset for uniform spacing), got {sampling.stride}")
-
-
 def _sample(total: int, sampling: FrameSampling, name: str) -> list[int]:
-    _check_sampling(sampling)
     frames, start, stride = sampling.frames, sampling.start, sampling.stride
     if total < 1:
-        raise VideoError(f"{name} has no frames; give a clip with at least {frames}")
+        raise BadInput(f"{name} has no frames; give a clip with at least {frames}")
     available = total - start
     if available < 1:
-        raise VideoError(f"{name} has {total} frames; start {start} is past its end (use --start {total - 1} or less)")
+        raise BadInput(f"{name} has {total} frames; start {start} is past its end (use --start {total - 1} or less)")
     if available < frames:
         where = f" from frame {start}" if start else ""
-        raise VideoError(
+        raise BadInput(
             f"{name} has {total} frames; asked for {frames}{where} (use --frames {available} or a longer clip)"
         )
     if stride is None:
@@ -99,26 +81,11 @@ def _sample(total: int, sampling: FrameSampling, name: str) -> list[int]:
     last = start + stride * (frames - 1)
     if last >= total:
         widest = (total - 1 - start) // (frames - 1)
-        raise VideoError(
+        raise BadInput(
             f"{name} has {total} frames; start {start} + stride {stride} for {frames} frames needs frame {last} "
             f"(use --stride {widest} or lower, or fewer frames)"
         )
     return list(range(start, last + 1, stride))
-
-
-def _check_size(width: int, height: int) -> None:
-    # The VAE downsamples by 8, so other sizes would be silently cropped by the model.
-    for label, value in (("width", width), ("height", height)):
-        if value < 8:
-            raise VideoError(f"{label} {value} must be a positive multiple of 8, e.g. 512")
-        if value % 8:
-            low = value - value % 8
-            raise VideoError(f"{label} {value} is not a multiple of 8; use {low} or {low + 8}")
-
-
-def _check_resize(resize: str) -> None:
-    if resize not in RESIZE_MODES:
-        raise VideoError(f"resize {resize!r} is not known; use one of {', '.join(RESIZE_MODES)}")
 
 
 def read_video(
@@ -126,16 +93,13 @@ def read_video(
     sampling: FrameSampling = FrameSampling(),
     width: int = 512,
     height: int = 512,
-    resize: str = "crop",
+    resize: Resize | str = Resize.CROP,
 ) -> Clip:
     """Read `sampling.frames` frames from a video, GIF or frame directory, resized to width x height."""
-    # Check arguments before touching the file so a typo fails fast and clearly.
-    _check_resize(resize)
-    _check_size(width, height)
-    _check_sampling(sampling)
+    resize = FrameSize(width, height, resize).resize  # checked before the file is touched: a typo fails fast
     path = Path(path)
     if not path.exists():
-        raise VideoError(f"{path} not found; check the path")
+        raise BadInput(f"{path} not found; check the path")
     if path.is_dir():
         source = _read_image_dir(path, sampling)
     elif path.suffix.lower() == ".gif":
@@ -150,17 +114,17 @@ def _read_with_decord(path: Path, sampling: FrameSampling) -> _Source:
     # PyAV looks first: decord's own failure would also print an FFmpeg error line on stderr.
     problem = _diagnose(path, undecodable=None)
     if problem:
-        raise VideoError(problem)
+        raise BadInput(problem)
     decord.logging.set_level(decord.logging.QUIET)  # FFmpeg's own log lines would bypass our errors
     try:
         reader = decord.VideoReader(str(path), ctx=decord.cpu(0))
     except (DECORDError, RuntimeError):
-        raise VideoError(_diagnose(path)) from None
+        raise BadInput(_diagnose(path)) from None
     indices = _sample(len(reader), sampling, path.name)
     try:
         batch = reader.get_batch(indices).asnumpy()
     except (DECORDError, RuntimeError):
-        raise VideoError(
+        raise BadInput(
             f"{path} opened but frames {indices[0]}..{indices[-1]} could not be decoded; "
             "it is probably truncated or corrupt, so re-download or re-encode it"
         ) from None
@@ -203,7 +167,7 @@ def _read_gif(path: Path, sampling: FrameSampling) -> _Source:
                 frames.append(_image_to_rgb(image))
             size = image.size
     except (OSError, EOFError) as err:
-        raise VideoError(f"{path} is not a readable GIF ({err}); re-export it") from None
+        raise BadInput(f"{path} is not a readable GIF ({err}); re-export it") from None
     stated = [d for d in durations if d and d > 0]
     fps = 1000.0 / (sum(stated) / len(stated)) if stated else DEFAULT_FPS
     return _Source(frames, indices, fps, total, size)
@@ -220,7 +184,7 @@ def _read_image_dir(path: Path, sampling: FrameSampling) -> _Source:
     files = sorted((p for p in files if p.is_file()), key=_natural_key)
     if not files:
         kinds = "/".join(sorted(s.lstrip(".") for s in IMAGE_SUFFIXES))
-        raise VideoError(f"{path} is a directory with no image frames ({kinds}); add frames or give a video file")
+        raise BadInput(f"{path} is a directory with no image frames ({kinds}); add frames or give a video file")
     indices = _sample(len(files), sampling, path.name)
     frames = [_load_image(files[i]) for i in indices]
     height, width = frames[0].shape[:2]
@@ -233,7 +197,7 @@ def _load_image(path: Path) -> np.ndarray:
         with Image.open(path) as image:
             return _image_to_rgb(image)
     except OSError as err:
-        raise VideoError(f"{path} is not a readable image ({err}); re-export or remove it") from None
+        raise BadInput(f"{path} is not a readable image ({err}); re-export or remove it") from None
 
 
 def _image_to_rgb(image: Image.Image) -> np.ndarray:
@@ -246,21 +210,20 @@ def _as_rgb(frames: np.ndarray) -> np.ndarray:
     if frames.ndim == 3:
         frames = frames[..., np.newaxis]
     if frames.ndim != 4 or frames.shape[-1] not in (1, 3, 4):
-        raise VideoError(f"frames must be (F, H, W, 3) RGB; got shape {frames.shape}")
+        raise BadInput(f"frames must be (F, H, W, 3) RGB; got shape {frames.shape}")
     if frames.dtype != np.uint8:
-        raise VideoError(f"frames must be uint8; got {frames.dtype}")
+        raise BadInput(f"frames must be uint8; got {frames.dtype}")
     if frames.shape[-1] == 1:
         frames = np.repeat(frames, 3, axis=-1)
     return np.ascontiguousarray(frames[..., :3])
 
 
-def resize_frames(frames: np.ndarray, width: int, height: int, resize: str = "crop") -> np.ndarray:
+def resize_frames(frames: np.ndarray, width: int, height: int, resize: Resize | str = Resize.CROP) -> np.ndarray:
     """Resize (F, H, W, C) frames to (F, height, width, 3) uint8 by centre-crop or squash."""
-    _check_resize(resize)
-    _check_size(width, height)
+    resize = FrameSize(width, height, resize).resize
     frames = _as_rgb(np.asarray(frames))
     if len(frames) == 0:
-        raise VideoError("resize_frames got no frames; pass a (F, H, W, 3) array with F >= 1")
+        raise BadInput("resize_frames got no frames; pass a (F, H, W, 3) array with F >= 1")
     resized = [_resize_one(frame, width, height, resize) for frame in frames]
     return np.ascontiguousarray(np.stack(resized))
 
@@ -285,10 +248,10 @@ def write_video(path: str | Path, frames: np.ndarray, fps: float = 8.0) -> Path:
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in (".mp4", ".gif"):
-        raise VideoError(f"{path} has suffix {path.suffix or '(none)'!r}; write to .mp4 or .gif")
+        raise BadInput(f"{path} has suffix {path.suffix or '(none)'!r}; write to .mp4 or .gif")
     frames = _check_frames_to_write(frames)
     if not (math.isfinite(fps) and fps > 0):
-        raise VideoError(f"fps must be a positive number, got {fps}")
+        raise BadInput(f"fps must be a positive number, got {fps}")
     if suffix == ".mp4":
         _check_even(path, frames)
     # Same directory so os.replace is an atomic rename: a crash never leaves half a video
@@ -302,7 +265,7 @@ def write_video(path: str | Path, frames: np.ndarray, fps: float = 8.0) -> Path:
             _write_gif(tmp, frames, fps)
         os.replace(tmp, path)
     except (av.FFmpegError, OSError) as err:
-        raise VideoError(f"could not write {path} ({err}); check the directory is writable and has space") from None
+        raise BadInput(f"could not write {path} ({err}); check the directory is writable and has space") from None
     finally:
         tmp.unlink(missing_ok=True)
     return path
@@ -312,7 +275,7 @@ def _check_frames_to_write(frames: np.ndarray) -> np.ndarray:
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or len(frames) == 0:
         got = f"shape {frames.shape} {frames.dtype}"
-        raise VideoError(f"frames must be a non-empty (F, H, W, 3) uint8 array; got {got}")
+        raise BadInput(f"frames must be a non-empty (F, H, W, 3) uint8 array; got {got}")
     return np.ascontiguousarray(frames)
 
 
@@ -320,7 +283,7 @@ def _check_even(path: Path, frames: np.ndarray) -> None:
     # yuv420p stores colour at half resolution, so libx264 refuses odd sizes.
     height, width = frames.shape[1:3]
     if width % 2 or height % 2:
-        raise VideoError(
+        raise BadInput(
             f"{path.name}: H.264 needs even width and height, got {width}x{height}; "
             f"resize to {width - width % 2}x{height - height % 2} or write a .gif"
         )

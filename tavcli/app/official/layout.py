@@ -40,7 +40,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from tavcli.method.adapters import AdapterSpec, adapter_state
+from tavcli.errors import BadInput
+from tavcli.method.adapters import adapter_state
+from tavcli.method.params import AdapterSpec
 
 WEIGHTS_BIN = "diffusion_pytorch_model.bin"
 WEIGHTS_SAFETENSORS = "diffusion_pytorch_model.safetensors"
@@ -120,9 +122,6 @@ _NEUTRAL_EXTRAS: dict[str, Any] = {
 _INV_LATENT = re.compile(r"^ddim_latent-(\d+)\.pt$")
 
 
-class OfficialError(ValueError):
-    """An official Tune-A-Video folder or state dict tav cannot use; one line naming the problem and the fix."""
-
 
 @dataclass
 class OfficialTraining:
@@ -165,8 +164,8 @@ def _unet_folder(path: Path) -> tuple[Path, Path]:
     if (path / "config.json").is_file():
         return path.parent, path
     if not path.exists():
-        raise OfficialError(f"{path} does not exist; pass the output_dir train_tuneavideo.py wrote, or its unet/")
-    raise OfficialError(f"{path} has no unet/config.json; pass the output_dir train_tuneavideo.py wrote, "
+        raise BadInput(f"{path} does not exist; pass the output_dir train_tuneavideo.py wrote, or its unet/")
+    raise BadInput(f"{path} has no unet/config.json; pass the output_dir train_tuneavideo.py wrote, "
                         "or its unet/ folder")
 
 
@@ -174,9 +173,9 @@ def _read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as e:
-        raise OfficialError(f"{path} is not readable JSON ({e}); is the folder complete?") from e
+        raise BadInput(f"{path} is not readable JSON ({e}); is the folder complete?") from e
     if not isinstance(data, dict):
-        raise OfficialError(f"{path} is not a JSON object; is it a diffusers config?")
+        raise BadInput(f"{path} is not a JSON object; is it a diffusers config?")
     return data
 
 
@@ -185,18 +184,18 @@ def read_unet_config(unet_folder: Path) -> dict[str, Any]:
     config = _read_json(unet_folder / "config.json")
     cls = config.get("_class_name")
     if cls != OFFICIAL_UNET_CLASS:
-        raise OfficialError(f"{unet_folder / 'config.json'} is a {cls or 'unnamed'} config, not the official "
+        raise BadInput(f"{unet_folder / 'config.json'} is a {cls or 'unnamed'} config, not the official "
                             f"{OFFICIAL_UNET_CLASS}; pass a folder written by train_tuneavideo.py")
     return config
 
 
 def _check_tensors(obj: Any, path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict) or not obj:
-        raise OfficialError(f"{path} holds a {type(obj).__name__}, not a state dict of tensors; "
+        raise BadInput(f"{path} holds a {type(obj).__name__}, not a state dict of tensors; "
                             "re-save the UNet with save_pretrained")
     bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
-        raise OfficialError(f"{path} holds {len(bad)} entries that are not named tensors (e.g. {bad[0]!r}); "
+        raise BadInput(f"{path} holds {len(bad)} entries that are not named tensors (e.g. {bad[0]!r}); "
                             "re-save the UNet with save_pretrained")
     return dict(obj)
 
@@ -207,7 +206,7 @@ def load_weights_only(path: Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # UnpicklingError for a refused object, RuntimeError/EOFError for a damaged file
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise OfficialError(f"{path} is not a plain tensor file that torch.load(weights_only=True) reads ({first}); "
+        raise BadInput(f"{path} is not a plain tensor file that torch.load(weights_only=True) reads ({first}); "
                             "re-save it as a dict of tensors, or as safetensors") from e
 
 
@@ -219,14 +218,14 @@ def read_unet_weights(unet_folder: Path) -> tuple[dict[str, torch.Tensor], Path]
 
         try:
             return _check_tensors(load_file(safetensors_path, device="cpu"), safetensors_path), safetensors_path
-        except OfficialError:
+        except BadInput:
             raise
         except Exception as e:  # safetensors raises its own error types for a damaged file
-            raise OfficialError(f"{safetensors_path} is not a readable safetensors file ({e}); "
+            raise BadInput(f"{safetensors_path} is not a readable safetensors file ({e}); "
                                 "copy it again from the training machine") from e
     if bin_path.is_file():
         return _check_tensors(load_weights_only(bin_path), bin_path), bin_path
-    raise OfficialError(f"{unet_folder} has neither {WEIGHTS_SAFETENSORS} nor {WEIGHTS_BIN}; "
+    raise BadInput(f"{unet_folder} has neither {WEIGHTS_SAFETENSORS} nor {WEIGHTS_BIN}; "
                         "copy the whole unet/ folder the official training saved")
 
 
@@ -247,9 +246,9 @@ def read_training(path: Path) -> OfficialTraining:
     try:
         doc = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as e:
-        raise OfficialError(f"{path} is not readable YAML ({str(e).splitlines()[0]}); fix or remove it") from e
+        raise BadInput(f"{path} is not readable YAML ({str(e).splitlines()[0]}); fix or remove it") from e
     if not isinstance(doc, dict):
-        raise OfficialError(f"{path} is not a YAML mapping; is it the config.yaml train_tuneavideo.py wrote?")
+        raise BadInput(f"{path} is not a YAML mapping; is it the config.yaml train_tuneavideo.py wrote?")
     data = doc.get("train_data") if isinstance(doc.get("train_data"), dict) else {}
     modules = doc.get("trainable_modules")
     return OfficialTraining(
@@ -278,7 +277,7 @@ def read_inv_latent(folder: Path, in_channels: int) -> tuple[torch.Tensor | None
     latent = load_weights_only(path)
     if not isinstance(latent, torch.Tensor) or latent.ndim != 5 or latent.shape[1] != in_channels:
         shape = tuple(latent.shape) if isinstance(latent, torch.Tensor) else type(latent).__name__
-        raise OfficialError(f"{path} holds {shape}, not a (B, {in_channels}, F, h, w) latent; remove it "
+        raise BadInput(f"{path} holds {shape}, not a (B, {in_channels}, F, h, w) latent; remove it "
                             "or invert the clip again with tav")
     # Official layout (B, C, F, h, w) -> tav's (B, F, C, h, w).
     return latent.permute(0, 2, 1, 3, 4).float().contiguous(), step
@@ -302,13 +301,13 @@ def _check_supported(config: dict[str, Any]) -> None:
     for key, neutral in _NEUTRAL_EXTRAS.items():
         if key in config and config[key] != neutral and not (isinstance(config[key], list | tuple)
                                                             and all(v == neutral for v in config[key])):
-            raise OfficialError(f"the UNet's {key}={config[key]!r} has no counterpart in the official "
+            raise BadInput(f"the UNet's {key}={config[key]!r} has no counterpart in the official "
                                 f"{OFFICIAL_UNET_CLASS}; only Stable Diffusion v1.x-shaped UNets can be exchanged")
     if config.get("class_embed_type") is not None or config.get("num_class_embeds") is not None:
-        raise OfficialError("class-conditioned UNets are not Stable Diffusion v1.x; the official code "
+        raise BadInput("class-conditioned UNets are not Stable Diffusion v1.x; the official code "
                             "has no use for their class embedding")
     if config.get("dual_cross_attention"):
-        raise OfficialError("the official code does not implement dual_cross_attention; use an SD v1.x base")
+        raise BadInput("the official code does not implement dual_cross_attention; use an SD v1.x base")
 
 
 def official_unet_config(unet_config: dict[str, Any]) -> dict[str, Any]:
@@ -321,7 +320,7 @@ def official_unet_config(unet_config: dict[str, Any]) -> dict[str, Any]:
             return _BLOCKS_3D[name]
         if name in _BLOCKS_2D:
             return name
-        raise OfficialError(f"block type {name!r} has no official 3-D counterpart ({', '.join(_BLOCKS_2D)}); "
+        raise BadInput(f"block type {name!r} has no official 3-D counterpart ({', '.join(_BLOCKS_2D)}); "
                             "only Stable Diffusion v1.x-shaped UNets can be exchanged")
 
     out: dict[str, Any] = {"_class_name": OFFICIAL_UNET_CLASS, "_diffusers_version": OFFICIAL_DIFFUSERS_VERSION}
@@ -415,7 +414,7 @@ def check_config(official_config: dict[str, Any], unet_config: dict[str, Any]) -
     theirs = official_unet_config(official_config)
     for key in _OFFICIAL_INIT:
         if key != "sample_size" and _normalized(ours, key) != _normalized(theirs, key):
-            raise OfficialError(f"the official UNet has {key}={theirs[key]!r} but the base has {ours[key]!r}; "
+            raise BadInput(f"the official UNet has {key}={theirs[key]!r} but the base has {ours[key]!r}; "
                                 "pass the base model it was tuned from with --base")
 
 
@@ -452,30 +451,30 @@ def to_adapter_state(official_state: dict[str, torch.Tensor], unet: nn.Module,
         check_config(official_config, dict(unet.config))
     ours = unet.state_dict()
     if not any(".attn_temp." in k for k in ours):
-        raise OfficialError("the UNet has no temporal attention; inflate it with temporal=True before importing")
+        raise BadInput("the UNet has no temporal attention; inflate it with temporal=True before importing")
     unknown = set(official_state) - set(ours)
     if unknown:
-        raise OfficialError(f"{len(unknown)} official tensors have no place in tav's UNet (e.g. "
+        raise BadInput(f"{len(unknown)} official tensors have no place in tav's UNet (e.g. "
                             f"{_example(unknown)}); only Stable Diffusion v1.x Tune-A-Video UNets can be imported")
     missing = set(ours) - set(official_state)
     if missing:
-        raise OfficialError(f"{len(missing)} tensors of the UNet are missing from the official weights (e.g. "
+        raise BadInput(f"{len(missing)} tensors of the UNet are missing from the official weights (e.g. "
                             f"{_example(missing)}); is the file a complete Tune-A-Video UNet3D?")
     for key in sorted(official_state):
         if official_state[key].shape != ours[key].shape:
-            raise OfficialError(f"{key} is {tuple(official_state[key].shape)} in the official weights but "
+            raise BadInput(f"{key} is {tuple(official_state[key].shape)} in the official weights but "
                                 f"{tuple(ours[key].shape)} in the base; pass the base model it was tuned from "
                                 "with --base")
     tuned = set(adapter_state(unet, AdapterSpec("full")))
     for key in sorted(k for k in official_state if ".norm_temp." in k):
         init = 1.0 if key.endswith(".weight") else 0.0
         if not torch.all(official_state[key] == init):
-            raise OfficialError(f"{key} is not at its initial value {init:g}: this UNet tuned norm_temp, which "
+            raise BadInput(f"{key} is not at its initial value {init:g}: this UNet tuned norm_temp, which "
                                 "tav neither tunes nor stores (the official training leaves it frozen)")
     differ = [k for k in sorted(official_state) if k not in tuned and ".norm_temp." not in k
               and not _same(ours[k], official_state[k])]
     if differ:
-        raise OfficialError(f"{len(differ)} weights differ from the base (e.g. {differ[0]}); pass the base model "
+        raise BadInput(f"{len(differ)} weights differ from the base (e.g. {differ[0]}); pass the base model "
                             f"it was tuned from with --base (tav imports runs that tuned only "
                             f"{', '.join(TRAINABLE_MODULES)})")
     return {k: official_state[k].detach().to("cpu", torch.float32).contiguous() for k in sorted(tuned)}
@@ -513,7 +512,7 @@ def official_state(unet: nn.Module) -> dict[str, torch.Tensor]:
     if set(state) != want:
         extra, missing = set(state) - want, want - set(state)
         example = _example(extra) if extra else _example(missing)
-        raise OfficialError(f"the UNet's state dict is not the official UNet3D's ({len(extra)} extra, "
+        raise BadInput(f"the UNet's state dict is not the official UNet3D's ({len(extra)} extra, "
                             f"{len(missing)} missing, e.g. {example}); inflate it with temporal attention and "
                             "load the adapter first")
     return {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
@@ -589,19 +588,19 @@ def write_official(
     """
     folder, base_folder = Path(folder).expanduser(), Path(base_folder).expanduser()
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
-        raise OfficialError(f"{folder} already exists and is not empty; choose a new folder")
+        raise BadInput(f"{folder} already exists and is not empty; choose a new folder")
     config = official_unet_config(unet_config)
     want = official_keys(config)
     if set(unet_state) != want:
         diff = sorted(set(unet_state) ^ want)
-        raise OfficialError(f"the UNet state has {len(diff)} keys off the official layout (e.g. {diff[0]}); "
+        raise BadInput(f"the UNet state has {len(diff)} keys off the official layout (e.g. {diff[0]}); "
                             "pass official_state(unet)")
     missing = [c for c in COMPONENTS if not (base_folder / c).is_dir()]
     if missing:
-        raise OfficialError(f"{base_folder} lacks {', '.join(c + '/' for c in missing)}; pass the base's "
+        raise BadInput(f"{base_folder} lacks {', '.join(c + '/' for c in missing)}; pass the base's "
                             "diffusers folder")
     if inv_latent is not None and (inv_latent.ndim != 5 or inv_latent.shape[2] != config["in_channels"]):
-        raise OfficialError(f"the inversion latent is {tuple(inv_latent.shape)}, not tav's (B, F, "
+        raise BadInput(f"the inversion latent is {tuple(inv_latent.shape)}, not tav's (B, F, "
                             f"{config['in_channels']}, h, w)")
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".partial", dir=folder.parent))

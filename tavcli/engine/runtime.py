@@ -1,0 +1,122 @@
+"""Where and how fast the method runs: device, precision, CUDA graphs, compile, checkpointing.
+
+`Runtime` is shared by tuning and editing and is not the paper's: no setting here changes what is
+computed beyond floating-point round-off. The precision helpers are the engine's mixed precision: bf16
+compute with fp32 master weights (`MasterWeights`), or autocast where a model mixes dtypes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from tavcli.errors import BadInput
+from tavcli.settings import Mode, Settings, setting
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+
+class Dtype(Mode):
+    AUTO = "auto"  # bf16 on a GPU that has it, else fp16 on a GPU, fp32 on the CPU
+    BF16 = "bf16"
+    FP16 = "fp16"
+    FP32 = "fp32"
+
+
+@dataclass(frozen=True)
+class Runtime(Settings):
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N.", nonempty=True)
+    dtype: Dtype = setting(Dtype.AUTO, "auto, bf16, fp16 or fp32 (the frozen weights).")
+    low_memory: bool = setting(False, "Gradient checkpointing: slower steps, far less GPU memory (chosen by "
+                                      "itself when the clip would not fit).")
+    compile: bool = setting(False, "torch.compile the UNet's repeated blocks: faster steps after minutes of "
+                                   "compiling (docs/performance.md).")
+    cuda_graphs: bool = setting(True, "Replay each tuning step and each sampling call as a CUDA graph (GPU).")
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """The torch device `device` names; a one-line error for a name torch does not know or a GPU not here."""
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise BadInput(f"--device {device!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise BadInput(f"--device {device} was asked for but no CUDA GPU is visible; use --device cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise BadInput(f"--device {device!r} is not supported; use auto, cpu, cuda or cuda:N")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise BadInput(f"--device {device}: there are {torch.cuda.device_count()} GPUs (cuda:0 to "
+                       f"cuda:{torch.cuda.device_count() - 1})")
+    return dev
+
+
+def resolve_dtype(dtype: str | Dtype, device: torch.device) -> torch.dtype:
+    import torch
+
+    named = {Dtype.FP32: torch.float32, Dtype.FP16: torch.float16, Dtype.BF16: torch.bfloat16}
+    if dtype == Dtype.AUTO:
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    try:
+        return named[Dtype(dtype)]
+    except ValueError:
+        raise BadInput(f"unknown dtype {dtype!r}; choose one of {', '.join(Dtype.choices())}") from None
+
+
+def autocast_for(unet: nn.Module) -> contextlib.AbstractContextManager:
+    """Autocast to the frozen weights' dtype while some weights are fp32 (tuning), so those are cast at use.
+
+    A UNet all in one dtype (fp32 on CPU, or bf16 for inference) runs without autocast and its casts.
+    """
+    import torch
+
+    dtype = unet.conv_in.weight.dtype
+    if dtype == torch.float32 or all(p.dtype == dtype for p in unet.parameters()):
+        return contextlib.nullcontext()
+    return torch.autocast(unet.conv_in.weight.device.type, dtype=dtype)
+
+
+class MasterWeights:
+    """Mixed precision without autocast: the UNet computes in bf16 throughout, the optimizer steps fp32 copies.
+
+    Autocast would instead keep the trainable weights in fp32 and cast them, and many activations, at
+    every use: over a thousand extra kernels per step. Here the forward and backward run in the frozen
+    weights' dtype, gradients are copied up to fp32 masters, and small updates (lr 3e-5) still count.
+    """
+
+    def __init__(self, params: list[nn.Parameter], dtype: torch.dtype):
+        from torch import nn
+
+        self.params = params
+        self.masters = [nn.Parameter(p.detach().float().clone()) for p in params]
+        for p in params:
+            p.data = p.data.to(dtype)
+
+    @classmethod
+    def wanted(cls, params: list[nn.Parameter], frozen: torch.dtype) -> MasterWeights | None:
+        """Masters for bf16 frozen weights; None for fp32 (plain) and fp16 (autocast, as before bf16)."""
+        import torch
+
+        return cls(params, frozen) if frozen == torch.bfloat16 else None
+
+    def grads_to_masters(self) -> None:
+        for m, p in zip(self.masters, self.params):
+            m.grad, p.grad = p.grad.float(), None
+
+    def masters_to_params(self) -> None:
+        import torch
+
+        torch._foreach_copy_([p.data for p in self.params], [m.data for m in self.masters])
+
+    def restore(self) -> None:
+        """Leave the fp32 result in the model, as if it had trained in fp32."""
+        for m, p in zip(self.masters, self.params):
+            p.data = m.data
