@@ -70,7 +70,7 @@ def test_help_shows_every_default_from_the_classes(command, job):
         if row is None or option.default_shown() is None:
             continue  # not a flag of this command, or no default to show
         line = text[row.start():][:400]  # it carries the default the settings class holds
-        assert f"[default: ({option.default_shown()})]" in line, (flag, line)
+        assert f"[default: ({option.default_shown()})]" in line, (name, line)
         shown += 1
     assert shown >= (15 if command == "tune" else 12)
     assert "[default: (300)]" in text if command == "tune" else "[default: (12.5)]" in text
