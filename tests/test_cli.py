@@ -527,10 +527,18 @@ def test_unknown_ref(cli, home, tmp_path, monkeypatch, command):
     assert store_state(home) == before and tmp_leftovers(home) == []
 
 
+SCHEMA1 = Path(__file__).parent / "fixtures" / "schema1"  # a store written by tav before the typed manifest
+
+
+def schema1_manifest() -> dict:
+    """The content of the schema-1 fixture's manifest (what a caller gives `Store.commit`)."""
+    (path,) = (SCHEMA1 / "artifacts").glob("*/manifest.json")
+    return {k: v for k, v in json.loads(path.read_text()).items() if k not in ("id", "created", "files", "schema")}
+
+
 def _crafted_manifest(i: int) -> dict:
-    """Just the fields `tav list` reads; no files (the store hashes what is staged: nothing)."""
-    return {"name": None, "prompt": f"crafted {i}", "source": {"path": "/nowhere/clip.mp4"},
-            "video": {"frames": 4, "width": 64, "height": 64}, "base": {"name": "tiny"}, "adapter": {"kind": "full"}}
+    """A valid schema-1 manifest with its own prompt; no files (the store hashes what is staged: nothing)."""
+    return schema1_manifest() | {"name": None, "prompt": f"crafted {i}"}
 
 
 def test_ambiguous_ref(cli, home, tmp_path, monkeypatch):

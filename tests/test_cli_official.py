@@ -189,7 +189,8 @@ def test_tune_export_official_import_official_edit(cli, home, tmp_path, tiny_bas
     assert (m["prompt"], m["video"]["frames"], m["video"]["width"], m["video"]["height"]) == (PROMPT, 4, 64, 64)
     assert m["source"]["indices"] == o["source"]["indices"] and m["source"]["sha256"] == o["source"]["sha256"]
     assert m["base"]["fingerprint"] == o["base"]["fingerprint"] == fingerprint(tiny_base_dir)
-    assert m["tuning"]["imported_from"] == str(out.resolve()) and m["tuning"]["steps"] == 2
+    assert m["provenance"] == {"origin": "official", "folder": str(out.resolve()),
+                               "weights_sha256": m["provenance"]["weights_sha256"]} and m["tuning"]["steps"] == 2
     assert m["inversion"]["official_step"] == 2 and m["video"]["fps"] == o["video"]["fps"]
     # the source came along too, as the same frames (64x64: crop and squash agree)
     assert np.array_equal(mp4_frames(imported.file("source.mp4")), mp4_frames(orig.file("source.mp4")))
@@ -232,8 +233,8 @@ def test_import_official_without_inversion_needs_no_inversion(cli, empty_home, t
     assert_same_tensors(tensors(a, ADAPTER), tuned)
     m = a.manifest
     assert m["inversion"] is None and m["source"]["indices"] == [1, 4, 7, 10]
-    assert (m["tuning"]["steps"], m["tuning"]["seed"], m["tuning"]["device"]) == (500, 33, "official")
-    assert m["tuning"]["weights_sha256"] == hashlib.sha256((run / "unet/diffusion_pytorch_model.bin").read_bytes()
+    assert (m["tuning"]["steps"], m["tuning"]["seed"], m["run"]["device"]) == (500, 33, "official")
+    assert m["provenance"]["weights_sha256"] == hashlib.sha256((run / "unet/diffusion_pytorch_model.bin").read_bytes()
                                                            ).hexdigest()
 
     out = tmp_path / "out"

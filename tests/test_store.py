@@ -496,7 +496,7 @@ def test_default_root_honours_tav_home(monkeypatch, tmp_path):
 
 
 def test_info_counts_artifacts_and_bytes(store):
-    assert store.info() == {"root": str(store.root), "artifacts": 0, "bytes": 0}
+    assert store.info() == {"root": str(store.root), "artifacts": 0, "damaged": 0, "bytes": 0}
     a = put(store, {"prompt": "a"})
     b = put(store, {"prompt": "b"}, {"w.safetensors": b"12345"})
     store.append_edit(b, {"seed": 1})

@@ -22,6 +22,17 @@ from typing import TYPE_CHECKING, Any
 from tavcli import __version__
 from tavcli.app import caches
 from tavcli.app.progress import Reporter, Stage
+from tavcli.app.manifest import (
+    BaseIdentity,
+    EditRecord,
+    Inversion,
+    Manifest,
+    Run,
+    Source,
+    Tuning,
+    Video,
+    edits_of,
+)
 from tavcli.app.store import Artifact, Store
 from tavcli.engine.runtime import Runtime
 from tavcli.errors import BadInput
@@ -39,9 +50,6 @@ from tavcli.settings import Mode, Settings, build, nested, setting
 
 if TYPE_CHECKING:
     import numpy as np
-
-__all__ = ["Reporter", "Stage", "TuneJob", "EditJob", "ScoreJob", "EditResult", "tune", "edit", "score", "tune_job",
-           "edit_job", "SHARED_WITH_EDITS"]
 
 
 class Format(Mode):
@@ -177,32 +185,30 @@ def tune(job: TuneJob, store: Store, reporter: Reporter = Reporter()) -> Artifac
     noise = tav.invert(clip.frames, job.inversion.steps, callback=reporter.step, runtime=job.runtime)
     seconds = round(time.perf_counter() - started, 2)
     fps = playback_fps(clip.indices, clip.fps)
-    manifest = {
-        "name": job.name,
-        "prompt": job.prompt,
-        "source": {"path": str(Path(job.video).resolve()), "sha256": sha256_file(Path(job.video)) if Path(job.video).is_file() else None,
-                   "indices": list(clip.indices), "fps": clip.fps, "frames": clip.source_frames,
-                   "size": list(clip.source_size)},
-        "video": {"frames": len(clip.indices), "width": job.size.width, "height": job.size.height, "fps": fps,
-                  "resize": job.size.resize},
-        "base": recorded_base,
-        "adapter": asdict(job.adapter),
-        "tuning": asdict(job.tuning) | {"device": str(base.device), "dtype": str(base.dtype).removeprefix("torch."),
-                                        "low_memory": job.runtime.low_memory, "compile": job.runtime.compile,
-                                        "seconds": seconds},
-        "inversion": {"steps": job.inversion.steps},
-        "loss": [round(x, 6) for x in losses],
-        "versions": versions(),
-    }
+    video = Path(job.video)
+    manifest = Manifest(
+        name=job.name, prompt=job.prompt,
+        source=Source(path=str(video.resolve()), sha256=sha256_file(video) if video.is_file() else None,
+                      indices=clip.indices, fps=clip.fps, frames=clip.source_frames, size=tuple(clip.source_size)),
+        video=Video(frames=len(clip.indices), width=job.size.width, height=job.size.height, fps=fps,
+                    resize=str(job.size.resize)),
+        base=recorded_base, adapter=job.adapter,
+        tuning=Tuning(**asdict(job.tuning)),
+        run=Run(device=str(base.device), dtype=str(base.dtype).removeprefix("torch."), seconds=seconds,
+                low_memory=job.runtime.low_memory, compile=job.runtime.compile),
+        inversion=Inversion(steps=job.inversion.steps),
+        loss=tuple(round(x, 6) for x in losses),
+        versions=versions(),
+    )
     reporter.stage(Stage.SAVING)
     with store.staging() as stage:
         tav.save_adapter(stage / "adapter")
         save_file({"latents": noise.float().cpu().contiguous()}, stage / "inversion.safetensors")
         write_video(stage / "source.mp4", clip.frames, fps)
-        return store.commit(stage, manifest)
+        return store.commit(stage, manifest.to_json())
 
 
-def identity(base) -> dict:
+def identity(base) -> BaseIdentity:
     """The base's identity for a manifest; a single file's sha256 is remembered across runs. A local file or
     folder is recorded by its absolute path (as its --base-config is), so later edits find it from anywhere."""
     from tavcli.method.models import base_identity
@@ -210,12 +216,14 @@ def identity(base) -> dict:
     found = base_identity(base, sha256=caches.file_sha256(base.checkpoint) if base.checkpoint else None)
     if Path(base.name).expanduser().exists():
         found["name"] = os.path.abspath(Path(base.name).expanduser())
-    return found
+    return BaseIdentity.from_json(found, "base")
 
 
-def same_base(identity: dict, recorded: dict) -> bool:
-    key = "sha256" if "sha256" in recorded else "fingerprint"
-    return identity.get(key) is not None and identity.get(key) == recorded.get(key)
+def same_base(identity: BaseIdentity, recorded: BaseIdentity) -> bool:
+    """Whether two identities name the same weights: by the whole file's sha256 where one was recorded, else
+    by the folder's fingerprint."""
+    key = "sha256" if recorded.sha256 is not None else "fingerprint"
+    return getattr(identity, key) is not None and getattr(identity, key) == getattr(recorded, key)
 
 
 def load_recorded_base(artifact: Artifact, name: str | None, config: str | None, force: bool, device: str,
@@ -223,13 +231,13 @@ def load_recorded_base(artifact: Artifact, name: str | None, config: str | None,
     """The base an artifact was tuned on (or `name`, refused unless it is the same one or `force`)."""
     from tavcli.method.models import load_base
 
-    recorded = artifact.manifest["base"]
-    base_name = name or recorded["name"]
+    recorded = Manifest.of(artifact).base
+    base_name = name or recorded.name
     reporter.stage(Stage.LOADING, base_name)
     single_file = Path(base_name).suffix.lower() in (".safetensors", ".ckpt")
-    base = load_base(base_name, device, dtype, config=config or (recorded.get("config") if single_file else None))
+    base = load_base(base_name, device, dtype, config=config or (recorded.config if single_file else None))
     if not force and not same_base(identity(base), recorded):
-        raise BadInput(f"{base_name} is not the base {artifact.short_id} was tuned on ({recorded['name']}); "
+        raise BadInput(f"{base_name} is not the base {artifact.short_id} was tuned on ({recorded.name}); "
                        "pass that base, or --force to use this one anyway")
     return base
 
@@ -268,13 +276,13 @@ def _write(path: Path, frames: np.ndarray, fps: float) -> None:
 
 def check_edit(job: EditJob, artifact: Artifact) -> None:
     """What an edit asks of this artifact: a stored inversion, a source clip, a frame count it can give."""
-    files = artifact.manifest["files"]
-    if job.settings.inversion and "inversion.safetensors" not in files:
+    m = Manifest.of(artifact)
+    if job.settings.inversion and not m.has_inversion:
         raise BadInput(f"artifact {artifact.short_id} has no stored inversion (imported without inv_latents); "
                        "pass --no-inversion to start from noise")
-    if job.grid and "source.mp4" not in files:
+    if job.grid and not m.has_file("source.mp4"):
         raise BadInput(f"artifact {artifact.short_id} has no source clip to put beside the edit; drop --grid")
-    tuned_frames = artifact.manifest["video"]["frames"]
+    tuned_frames = m.video.frames
     if job.frames is not None and job.frames != tuned_frames and job.settings.inversion:
         raise BadInput(f"--frames {job.frames} needs --no-inversion: the stored inversion has {tuned_frames} frames")
     if job.grid and job.frames not in (None, tuned_frames):
@@ -292,7 +300,7 @@ def edit(job: EditJob, store: Store, reporter: Reporter = Reporter()) -> list[Ed
     artifact = store.resolve(job.ref)
     store.verify(artifact)
     check_edit(job, artifact)
-    m = artifact.manifest
+    m = Manifest.of(artifact)
     if job.runtime.compile:
         caches.use_compile_cache()
     base = load_recorded_base(artifact, job.base, job.base_config, job.force, job.runtime.device, job.runtime.dtype,
@@ -301,15 +309,15 @@ def edit(job: EditJob, store: Store, reporter: Reporter = Reporter()) -> list[Ed
     scorer = _scorer(job.clip, base.device) if job.score else None
     noise = (load_file(artifact.file("inversion.safetensors"))["latents"].to(base.device)
              if job.settings.inversion else None)
-    frames = job.frames or m["video"]["frames"]
-    source = read_video(artifact.file("source.mp4"), FrameSampling(frames=m["video"]["frames"]),
-                        m["video"]["width"], m["video"]["height"]).frames if job.grid else None
+    frames = job.frames or m.video.frames
+    source = read_video(artifact.file("source.mp4"), FrameSampling(frames=m.video.frames),
+                        m.video.width, m.video.height).frames if job.grid else None
     results = []
     for prompt in job.prompts:
         started = time.perf_counter()
         reporter.stage(Stage.EDITING, prompt, job.settings.steps)
-        video = tav.generate([prompt], job.settings, noise=noise, frames=frames, height=m["video"]["height"],
-                             width=m["video"]["width"], callback=reporter.step, runtime=job.runtime)[0]
+        video = tav.generate([prompt], job.settings, noise=noise, frames=frames, height=m.video.height,
+                             width=m.video.width, callback=reporter.step, runtime=job.runtime)[0]
         scores = scorer.score(video, prompt) if scorer else None  # the edit alone, not the grid
         if source is not None:
             video = np.concatenate([source, video], axis=2)  # source left, edit right
@@ -322,12 +330,12 @@ def edit(job: EditJob, store: Store, reporter: Reporter = Reporter()) -> list[Ed
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
             raise
         seconds = round(time.perf_counter() - started, 2)
-        store.append_edit(artifact, asdict(job.settings) | {
-            "prompt": prompt, "frames": frames, "grid": job.grid, "format": str(job.format),
-            "compile": job.runtime.compile,
-            "output": str(path.resolve()), "seconds": seconds,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-            | ({"scores": scores} if scores else {}))
+        s = job.settings
+        store.append_edit(artifact, EditRecord(
+            prompt=prompt, created=datetime.now(timezone.utc).isoformat(timespec="seconds"), steps=s.steps,
+            guidance=s.guidance, seed=s.seed, inversion=s.inversion, negative_prompt=s.negative_prompt,
+            frames=frames, grid=job.grid, format=str(job.format), compile=job.runtime.compile,
+            output=str(path.resolve()), seconds=seconds, scores=scores).to_json())
         results.append(EditResult(path, prompt, scores))
     return results
 
@@ -357,8 +365,8 @@ def score(job: ScoreJob, store: Store, reporter: Reporter = Reporter()) -> list[
         targets = [(path, job.prompt)]
     else:
         artifact = store.resolve(job.target)
-        targets = [(Path(e["output"]), job.prompt or e["prompt"]) for e in artifact.edits()
-                   if Path(e["output"]).exists()]
+        targets = [(Path(e.output), job.prompt or e.prompt) for e in edits_of(artifact)
+                   if e.output is not None and Path(e.output).exists()]
         if not targets:
             raise BadInput(f"{artifact.short_id} has no edit videos on disk to score; run `tav edit` first, "
                            "or give a video file")

@@ -29,14 +29,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import platformdirs
 from filelock import FileLock, Timeout
 
 from tavcli.errors import BadInput, Corrupt, NotFound
 
-SCHEMA = 1
+SCHEMA = 1  # the version an untyped store writes; tav's own manifests say theirs (tavcli.app.manifest)
 STALE_SECONDS = 3600  # a staging dir this old, and not locked by a live process, is a crash's leftover
 LOCK_TIMEOUT = 60.0  # seconds; locks are held for renames and appends only, never while hashing or copying
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -47,9 +47,41 @@ _RESERVED = ("manifest.json", "edits.jsonl")  # the store's own files in an arti
 _CHUNK = 1 << 20
 
 
+def _as_is(record: dict) -> dict:
+    return record
 
 
+@dataclass(frozen=True)
+class Schema:
+    """What the store's manifests and edit records mean, given by the application (tavcli.app.manifest);
+    the store itself knows files. This default keeps any JSON object as it is.
 
+    `read` turns a stored manifest into its typed record (raising ValueError naming what does not fit);
+    `read_edit` likewise for one edit-log line; `imported_edit` is what an edit record of an imported
+    archive keeps (its output path was another machine's).
+    """
+
+    version: int = SCHEMA
+    read: Callable[[dict], Any] = _as_is
+    read_edit: Callable[[dict], Any] = _as_is
+    imported_edit: Callable[[dict], dict] = _as_is
+
+
+@dataclass(frozen=True)
+class Damaged:
+    """An artifact dir whose manifest cannot be read: listed apart, refused by commands, removable."""
+
+    id: str
+    path: Path
+    problem: str
+    name = None  # unreadable with the rest of its manifest
+
+    @property
+    def short_id(self) -> str:
+        return self.id[:12]
+
+    def size_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
 
 
 def default_root() -> Path:
@@ -62,6 +94,7 @@ class Artifact:
     id: str
     path: Path
     manifest: dict = field(compare=False, repr=False)  # compared and hashed by id and path
+    record: Any = field(default=None, compare=False, repr=False)  # the manifest as its schema reads it
 
     @property
     def short_id(self) -> str:
@@ -95,8 +128,9 @@ class Artifact:
 
 
 class Store:
-    def __init__(self, root: Path | None = None) -> None:
+    def __init__(self, root: Path | None = None, schema: Schema = Schema()) -> None:
         self.root = Path(root) if root is not None else default_root()
+        self.schema = schema
         self._artifacts, self._tmp = self.root / "artifacts", self.root / "tmp"
         for sub in ("artifacts", "tmp", "locks"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
@@ -133,8 +167,13 @@ class Store:
         created = content.pop("created", None) or datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         if not isinstance(created, str):
             raise BadInput(f"manifest 'created' must be an ISO 8601 string, got {created!r}; leave it out")
-        content.update(schema=SCHEMA, files=_scan(stage))
+        # an import keeps the schema it was written in (its id hashes it); a new manifest gets the store's
+        content.update(schema=content.get("schema", self.schema.version), files=_scan(stage))
         full = {**content, "id": _content_id(content), "created": created}
+        try:
+            record = self.schema.read(full)  # a job's manifest that its own schema refuses is a bug: stop here
+        except ValueError as e:
+            raise BadInput(f"the manifest does not fit its schema: {e}") from None
         dest = self._artifacts / full["id"]
         _fsync_tree(stage)  # the slow part, outside the lock: the stage is ours alone
         with self._locked(self.root / "store.lock"):
@@ -151,7 +190,7 @@ class Store:
             _fsync(stage)
             os.rename(stage, dest)
             _fsync(self._artifacts)
-        return Artifact(full["id"], dest, full)
+        return Artifact(full["id"], dest, full, record)
 
     def check_name(self, name: str | None) -> None:
         """Refuse an invalid or taken name; jobs call it before their work, commit again under the lock."""
@@ -162,29 +201,41 @@ class Store:
                                  f"choose another --name or `tav rm {name}`")
 
     def list(self) -> list[Artifact]:
-        found = []
+        return self._scan_artifacts()[0]
+
+    def damaged(self) -> list[Damaged]:
+        """The artifact dirs whose manifest is missing, unreadable or does not fit the schema."""
+        return self._scan_artifacts()[1]
+
+    def _scan_artifacts(self) -> tuple[list[Artifact], list[Damaged]]:
+        found, damaged = [], []
         for path in self._artifacts.iterdir():
             if _ID.fullmatch(path.name):
                 try:
                     found.append(self._load(path))
-                except Corrupt:
-                    continue  # listing must not fail on one damaged dir
-        return sorted(found, key=lambda a: (a.created, a.id))
+                except Corrupt as e:  # listing must not fail on one damaged dir: it is listed apart
+                    damaged.append(Damaged(path.name, path, str(e)))
+        return sorted(found, key=lambda a: (a.created, a.id)), sorted(damaged, key=lambda d: d.id)
 
-    def resolve(self, ref: str) -> Artifact:
-        arts = self.list()
+    def resolve(self, ref: str, damaged: bool = False) -> Artifact:
+        """The artifact `ref` names: a full id, a unique id prefix (4+ characters) or a name. A damaged one
+        raises Corrupt saying so, or, with `damaged`, is returned as a `Damaged` (for `tav rm`)."""
+        arts, broken = self._scan_artifacts()
         exact = [a for a in arts if a.id == ref]
         if exact:
             return exact[0]
         is_hex = bool(_HEX.fullmatch(ref))
         if is_hex and 4 <= len(ref) <= 64:
             matches = [a for a in arts if a.id.startswith(ref)]  # names are never 4+ hex chars: no overlap
+            matches += [d for d in broken if d.id.startswith(ref)]
         else:
             matches = [a for a in arts if a.name == ref]
         if not matches and is_hex and len(ref) < 4:
             raise NotFound(f"'{ref}' is too short to pick an artifact; use at least 4 characters of its id")
         if not matches:
             raise NotFound(f"no artifact matches '{ref}'; see `tav list`")
+        if len(matches) == 1 and isinstance(matches[0], Damaged) and not damaged:
+            raise Corrupt(matches[0].problem)
         if len(matches) > 1:
             listed = ", ".join(f"{a.short_id} ({a.name or 'unnamed'})" for a in matches)
             raise BadInput(f"'{ref}' matches {len(matches)} artifacts: {listed}; use more characters")
@@ -212,7 +263,7 @@ class Store:
         with self._locked(self.root / "locks" / f"{artifact.id}.lock"):
             self._append(self._artifacts / artifact.id / "edits.jsonl", line)
 
-    def remove(self, artifact: Artifact) -> None:
+    def remove(self, artifact: Artifact | Damaged) -> None:
         with self._locked(self.root / "store.lock"):
             path = self._artifacts / artifact.id
             if not path.is_dir():
@@ -291,20 +342,20 @@ class Store:
             raise BadInput(f"{src} is not a tav export ({e}); give a .tav file made by `tav export`") from None
         try:
             with zf:
-                manifest, members = _read_export(zf, src)
+                manifest, members = _read_export(zf, src, self.schema)
                 with self.staging() as stage:
                     for rel, meta in manifest["files"].items():
                         _extract(zf, members[f"files/{rel}"], stage, rel, meta, src)
-                    if "edits.jsonl" in members:  # torn lines are dropped, as edits() would skip them
-                        lines = _json_lines(zf.read(members["edits.jsonl"]))
-                        (stage / "edits.jsonl").write_bytes(b"".join(line + b"\n" for line in lines))
+                    if "edits.jsonl" in members:  # torn or unfit lines are dropped, as edit_records() would
+                        (stage / "edits.jsonl").write_bytes(self._imported_edits(zf.read(members["edits.jsonl"])))
                     return self.commit(stage, manifest)
         except (zipfile.BadZipFile, zlib.error, EOFError) as e:
             raise Corrupt(f"{src} is damaged ({e}); export it again") from None
 
     def info(self) -> dict:
-        arts = self.list()
-        return {"root": str(self.root), "artifacts": len(arts), "bytes": sum(a.size_bytes() for a in arts)}
+        arts, damaged = self._scan_artifacts()
+        return {"root": str(self.root), "artifacts": len(arts), "damaged": len(damaged),
+                "bytes": sum(a.size_bytes() for a in [*arts, *damaged])}
 
     # -- internals --------------------------------------------------------------------------------------------
 
@@ -329,9 +380,14 @@ class Store:
         except (OSError, ValueError):
             ok = False
         if not ok:
-            raise Corrupt(f"{path}/manifest.json is missing or unreadable; delete {path} "
-                                       "and run the job again")
-        return Artifact(path.name, path, manifest)
+            raise Corrupt(f"{path}/manifest.json is missing or unreadable; delete it with `tav rm {path.name[:12]}` "
+                          "and run the job again")
+        try:
+            record = self.schema.read(manifest)
+        except ValueError as e:
+            raise Corrupt(f"{path}/manifest.json is unreadable ({e}); delete it with `tav rm {path.name[:12]}` "
+                          "and run the job again") from None
+        return Artifact(path.name, path, manifest, record)
 
     def _discard(self, path: Path) -> Path:
         """Move `path` out of artifacts/ in one rename (the caller holds the store lock); returns where it went."""
@@ -346,10 +402,25 @@ class Store:
             return
         with self._locked(self.root / "locks" / f"{artifact.id}.lock"):
             ours = artifact.path / "edits.jsonl"
-            have = set(_json_lines(ours.read_bytes())) if ours.is_file() else set()
-            new = [line for line in _json_lines(log.read_bytes()) if line not in have]
+            # as an import keeps them: a local record and its imported copy (output dropped) are one edit
+            have = {self._as_imported(line) for line in _json_lines(ours.read_bytes())} if ours.is_file() else set()
+            new = [line for line in _json_lines(log.read_bytes()) if self._as_imported(line) not in have]
             if new:
                 self._append(ours, b"".join(line + b"\n" for line in new))
+
+    def _as_imported(self, line: bytes) -> bytes:
+        return _canonical(self.schema.imported_edit(json.loads(line)))
+
+    def _imported_edits(self, data: bytes) -> bytes:
+        """The lines of an imported edit log that fit the schema, as an import keeps them."""
+        kept = []
+        for line in _json_lines(data):
+            try:
+                self.schema.read_edit(json.loads(line))
+            except ValueError:
+                continue
+            kept.append(self._as_imported(line))
+        return b"".join(line + b"\n" for line in kept)
 
     @staticmethod
     def _append(log: Path, data: bytes) -> None:
@@ -493,7 +564,7 @@ def _safe_member(name: str) -> bool:
             and all(p not in ("", ".", "..") and not _DRIVE.match(p) for p in parts))
 
 
-def _read_export(zf: zipfile.ZipFile, src: Path) -> tuple[dict, dict[str, zipfile.ZipInfo]]:
+def _read_export(zf: zipfile.ZipFile, src: Path, schema: Schema) -> tuple[dict, dict[str, zipfile.ZipInfo]]:
     """The manifest and members of an export, refused (BadInput) unless it is exactly what `export` writes."""
     def bad(why: str) -> BadInput:
         return BadInput(f"{src} is not a tav export: {why}; give a .tav file made by `tav export`")
@@ -509,10 +580,10 @@ def _read_export(zf: zipfile.ZipFile, src: Path) -> tuple[dict, dict[str, zipfil
         manifest = json.loads(zf.read(members["manifest.json"]))
     except ValueError:
         raise bad("its manifest.json is not JSON") from None
-    schema = manifest.get("schema") if isinstance(manifest, dict) else None
-    if type(schema) is int and schema > SCHEMA:
-        raise BadInput(f"{src} has schema {schema}, newer than this tav reads ({SCHEMA}); upgrade tav")
-    if type(schema) is not int or schema < 1:
+    version = manifest.get("schema") if isinstance(manifest, dict) else None
+    if type(version) is int and version > schema.version:
+        raise BadInput(f"{src} has schema {version}, newer than this tav reads ({schema.version}); upgrade tav")
+    if type(version) is not int or version < 1:
         raise bad("its manifest has no valid schema")
     files = manifest.get("files")
     if not isinstance(files, dict) or not isinstance(manifest.get("id"), str):
@@ -527,6 +598,10 @@ def _read_export(zf: zipfile.ZipFile, src: Path) -> tuple[dict, dict[str, zipfil
         raise bad(f"member '{extra[0]}' is not in its manifest")
     if _content_id(manifest) != manifest["id"]:  # checked before any byte is extracted
         raise Corrupt(f"{src}: its manifest does not match its id (altered?); export it again")
+    try:  # a hash-consistent manifest can still be one no tav wrote: it must fit the schema
+        schema.read(manifest)
+    except ValueError as e:
+        raise bad(f"its manifest does not fit schema {version} ({e})") from None
     return manifest, members
 
 

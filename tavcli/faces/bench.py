@@ -14,6 +14,7 @@ from pathlib import Path
 
 from tavcli.app import jobs
 from tavcli.app.progress import Reporter, Stage
+from tavcli.app.manifest import open_store
 from tavcli.app.store import Artifact, Store
 from tavcli.settings import Settings, setting
 
@@ -158,7 +159,7 @@ def run(settings: BenchSettings, reporter: Reporter = Reporter()) -> dict:
         out["compile_cache_was_empty"] = not cache.is_dir() or not any(cache.iterdir())
     runtime = {"device": settings.device, "compile": settings.compile, "low_memory": settings.low_memory}
     with tempfile.TemporaryDirectory(prefix="tav-bench-") as tmp:
-        store = Store(Path(tmp) / "store")
+        store = open_store(Path(tmp) / "store")
         clip = _clip(Path(tmp), settings.frames, settings.size)
         tune_job = jobs.tune_job({"video": clip, "prompt": "a man is skiing", "base": str(base),
                                   "frames": settings.frames, "size": settings.size, "steps": settings.steps,

@@ -19,6 +19,7 @@ from rich.table import Table
 
 from tavcli import __version__
 from tavcli.app.jobs import EditJob, ScoreJob, TuneJob
+from tavcli.app.manifest import Manifest, edits_of
 from tavcli.app.progress import Stage
 from tavcli.engine.runtime import Runtime
 from tavcli.errors import EXIT_FAILURE, EXIT_INTERRUPTED, BadInput, TavError, exit_code
@@ -165,19 +166,29 @@ class _Progress:
 
 
 def _store():
-    from tavcli.app.store import Store
+    from tavcli.app.manifest import open_store
 
-    return Store()
+    return open_store()  # reads tav's manifests: typed, migrated, validated
 
 
 def _artifact_summary(a) -> dict:
-    m = a.manifest
+    m = Manifest.of(a)
     return {
-        "id": a.id, "short_id": a.short_id, "name": a.name, "prompt": m["prompt"], "source": m["source"]["path"],
-        "frames": m["video"]["frames"], "width": m["video"]["width"], "height": m["video"]["height"],
-        "base": m["base"]["name"], "adapter": m["adapter"]["kind"], "bytes": a.size_bytes(),
-        "created": a.created, "edits": len(a.edits()), "path": str(a.path),
+        "id": a.id, "short_id": a.short_id, "name": a.name, "prompt": m.prompt, "source": m.source.path,
+        "frames": m.video.frames, "width": m.video.width, "height": m.video.height,
+        "base": m.base.name, "adapter": str(m.adapter.kind), "bytes": a.size_bytes(),
+        "created": a.created, "edits": len(edits_of(a)), "path": str(a.path), "damaged": None,
     }
+
+
+_SUMMARY_KEYS = ("id", "short_id", "name", "prompt", "source", "frames", "width", "height", "base", "adapter", "bytes",
+                 "created", "edits", "path", "damaged")
+
+
+def _damaged_summary(d) -> dict:
+    """A damaged entry of `tav list --json`: the same keys; what cannot be read is null, `damaged` says why."""
+    return dict.fromkeys(_SUMMARY_KEYS) | {"id": d.id, "short_id": d.short_id, "bytes": d.size_bytes(),
+                                           "path": str(d.path), "damaged": d.problem}
 
 
 def _human_bytes(n: int) -> str:
@@ -251,7 +262,7 @@ def tune(
         for warning in loaded.warnings:
             progress.log(f"warning: {warning}")
         artifact = run_tune(loaded.tune, store, progress)
-        loss = artifact.manifest["loss"]
+        loss = Manifest.of(artifact).loss
         progress.log(f"stored {artifact.short_id}" + (f" ({artifact.name})" if artifact.name else "")
                      + (f"; loss {loss[0]:.4f} -> {loss[-1]:.4f}" if loss else ""))
         for job in loaded.edits:
@@ -349,22 +360,41 @@ def score(
             typer.echo(f"{r['video']}\t{r['clip_score']:.2f}\t{r['frame_consistency']:.2f}")
 
 
+def _list_table(rows: list[dict], width: int) -> Table:
+    """One line per artifact, short id first; the name and the prompt give way (ellipsis) so 80 columns fit."""
+    cells = []
+    for r in rows:
+        if r["damaged"]:
+            cells.append((r["short_id"], "", "", "", _human_bytes(r["bytes"]), "", "",
+                          f"damaged: remove it with `tav rm {r['short_id']}`"))
+        else:
+            cells.append((r["short_id"], r["name"] or "", f"{r['frames']}×{r['width']}×{r['height']}", r["adapter"],
+                          _human_bytes(r["bytes"]), str(r["edits"]), r["created"][:10], r["prompt"]))
+    table = Table(box=None, pad_edge=False)
+    columns = ("id", "name", "video", "kind", "size", "edits", "created", "prompt")
+    widest = [max([len(col)] + [len(row[i]) for row in cells]) for i, col in enumerate(columns)]
+    fixed = sum(widest) - widest[1] - widest[-1] + 2 * (len(columns) - 1)  # Rich puts 2 spaces between columns
+    left = max(16, width - fixed)  # for the name and the prompt, which give way
+    widest[1] = min(widest[1], 16, max(6, left // 2))
+    widest[-1] = min(widest[-1], left - widest[1])
+    for col, size in zip(columns, widest):
+        table.add_column(col, no_wrap=True, overflow="ellipsis", width=size)
+    for row in cells:
+        table.add_row(*row)
+    return table
+
+
 @app.command("list")
 @_errors
 def list_(as_json: bool = typer.Option(False, "--json", help="One JSON array.")) -> None:
-    """The stored artifacts, oldest first."""
-    rows = [_artifact_summary(a) for a in _store().list()]
+    """The stored artifacts, oldest first; damaged ones (an unreadable manifest) last, marked."""
+    store = _store()
+    rows = [_artifact_summary(a) for a in store.list()] + [_damaged_summary(d) for d in store.damaged()]
     if as_json:
         _stdout().print_json(json.dumps(rows))
         return
-    table = Table(box=None, pad_edge=False)
-    for col in ("id", "name", "source", "prompt", "frames", "base", "adapter", "size", "created", "edits"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(r["short_id"], r["name"] or "", Path(r["source"]).name, r["prompt"],
-                      f"{r['frames']}×{r['width']}×{r['height']}", r["base"], r["adapter"], _human_bytes(r["bytes"]),
-                      r["created"][:19].replace("T", " "), str(r["edits"]))
-    _stdout().print(table)
+    out = _stdout()
+    out.print(_list_table(rows, out.width))
 
 
 def _sparkline(values: list[float], width: int = 40) -> str:
@@ -377,6 +407,39 @@ def _sparkline(values: list[float], width: int = 40) -> str:
     return "".join(bars[int((p - lo) / (hi - lo) * 7) if hi > lo else 0] for p in points)
 
 
+def _show_lines(a) -> list[str]:
+    """`tav show`'s text: the typed manifest, one labelled line per part."""
+    m = Manifest.of(a)
+    spec, t, run = m.adapter, m.tuning, m.run
+    adapter = f"{spec.kind}" + (f" rank {spec.rank}" if spec.kind == "lora" else "")
+    inversion = ("none stored (edit with --no-inversion)" if not m.has_inversion
+                 else f"{m.inversion.steps} steps" if m.inversion.steps is not None
+                 else f"imported (official step {m.inversion.official_step})")
+    lines = [
+        f"id        {a.id}", f"name      {a.name or ''}", f"prompt    {m.prompt}",
+        f"source    {m.source.path} (frames {list(m.source.indices)})",
+        f"video     {m.video.frames} frames, {m.video.width}×{m.video.height}, {m.video.fps:g} fps, {m.video.resize}",
+        f"base      {m.base.name}" + (f" @ {m.base.revision}" if m.base.revision else ""),
+        f"adapter   {adapter}, {spec.attention} attention, {spec.norm} norm, {_human_bytes(a.size_bytes())}",
+        f"tuning    {t.steps} steps, lr {t.lr}, seed {t.seed}" + (f", weight decay {t.weight_decay}"
+                                                                   if t.weight_decay is not None else ""),
+        f"run       {run.device} {run.dtype}" + (f", {run.seconds} s" if run.seconds is not None else "")
+        + (", low memory" if run.low_memory else "") + (", compiled" if run.compile else ""),
+        f"inversion {inversion}",
+    ]
+    if m.provenance.origin == "official":
+        lines.append(f"imported  from {m.provenance.folder} (official Tune-A-Video)")
+    if m.loss:
+        lines.append(f"loss      {m.loss[0]:.4f} {_sparkline(list(m.loss))} {m.loss[-1]:.4f}")
+    lines += [f"versions  tav {m.versions.get('tav', '?')}, torch {m.versions.get('torch', '?')}",
+              f"created   {a.created}", f"stored at {a.path}"]
+    for e in edits_of(a):
+        scores = "".join(f", {k.replace('_', ' ')} {v:.2f}" for k, v in (e.scores or {}).items())
+        lines.append(f"edit      {e.created}  {e.prompt!r} -> {e.output or '(imported; not on this machine)'} "
+                     f"({e.seconds} s{scores})")
+    return lines
+
+
 @app.command()
 @_errors
 def show(
@@ -386,22 +449,12 @@ def show(
     """Everything stored about one artifact: settings, loss curve, edits."""
     a = _store().resolve(ref)
     if as_json:
-        _stdout().print_json(json.dumps(a.manifest | {"path": str(a.path), "edits": a.edits()}))
+        m = Manifest.of(a)
+        _stdout().print_json(json.dumps(m.to_json() | {
+            "id": a.id, "created": a.created, "files": m.files, "path": str(a.path),
+            "edits": [e.to_json() for e in edits_of(a)]}))
         return
-    m, out = a.manifest, _stdout()
-    loss = m["loss"]
-    out.print(f"id        {a.id}\nname      {a.name or ''}\nprompt    {m['prompt']}\n"
-              f"source    {m['source']['path']} (frames {m['source']['indices']})\n"
-              f"video     {m['video']['frames']} frames, {m['video']['width']}×{m['video']['height']}, "
-              f"{m['video']['fps']} fps\nbase      {m['base']['name']}"
-              + (f" @ {m['base']['revision']}" if m["base"]["revision"] else "")
-              + f"\nadapter   {m['adapter']['kind']} ({m['adapter']['attention']}), {_human_bytes(a.size_bytes())}\n"
-              f"tuning    {m['tuning']['steps']} steps, lr {m['tuning']['lr']}, seed {m['tuning']['seed']}, "
-              f"{m['tuning']['device']} {m['tuning']['dtype']}, {m['tuning']['seconds']} s\n"
-              + (f"loss      {loss[0]:.4f} {_sparkline(loss)} {loss[-1]:.4f}\n" if loss else "")
-              + f"created   {a.created}\nstored at {a.path}", markup=False)
-    for e in a.edits():
-        out.print(f"edit      {e['created']}  {e['prompt']!r} -> {e['output']} ({e['seconds']} s)", markup=False)
+    _stdout().print("\n".join(_show_lines(a)), markup=False)
 
 
 @app.command()
@@ -461,7 +514,7 @@ def import_official(
     with _Progress(quiet) as progress:
         artifact = run_import(job, _store(), progress)
         progress.log(f"stored {artifact.short_id}" + (f" ({artifact.name})" if artifact.name else "")
-                     + ("" if "inversion.safetensors" in artifact.manifest["files"]
+                     + ("" if Manifest.of(artifact).has_inversion
                         else "; no inversion came with it: edit with --no-inversion"))
     if as_json:
         _stdout().print_json(json.dumps(_artifact_summary(artifact)))
@@ -472,9 +525,9 @@ def import_official(
 @app.command()
 @_errors
 def rm(refs: list[str] = typer.Argument(..., help="Artifact ids, unique prefixes or names.")) -> None:
-    """Delete artifacts; all refs are resolved before anything is removed."""
+    """Delete artifacts (damaged ones too); all refs are resolved before anything is removed."""
     store = _store()
-    artifacts = [store.resolve(r) for r in refs]
+    artifacts = [store.resolve(r, damaged=True) for r in refs]
     for a in {a.id: a for a in artifacts}.values():
         store.remove(a)
         typer.echo(a.short_id)
@@ -488,7 +541,8 @@ def store_info(as_json: bool = typer.Option(False, "--json")) -> None:
     if as_json:
         _stdout().print_json(json.dumps(info))
     else:
-        typer.echo(f"{info['root']}\t{info['artifacts']} artifacts\t{_human_bytes(info['bytes'])}")
+        typer.echo(f"{info['root']}\t{info['artifacts']} artifacts\t{_human_bytes(info['bytes'])}"
+                   + (f"\t{info['damaged']} damaged (see `tav list`)" if info["damaged"] else ""))
 
 
 @app.command()

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tavcli.app.jobs import identity, load_recorded_base, playback_fps, versions
+from tavcli.app.manifest import Inversion, Manifest, Origin, Provenance, Run, Source, Tuning, Video
 from tavcli.app.progress import Reporter, Stage
 from tavcli.app.store import Artifact, Store
 from tavcli.errors import BadInput
@@ -79,35 +80,33 @@ def import_official(job: ImportOfficialJob, store: Store, reporter: Reporter = R
             clip = read_video(video_path, sampling, width, height, "squash")  # the official code squashes
         except BadInput as e:  # the source is a convenience (--grid); the model does not need it
             reporter.log(f"warning: the source clip is not stored ({e})")
-    manifest = {
-        "name": job.name,
-        "prompt": prompt,
-        "source": {"path": str(video_path.resolve()) if clip else (training.video_path if training else None),
-                   "sha256": sha256_file(video_path) if clip and video_path.is_file() else None,
-                   "indices": list(clip.indices) if clip else [start + i * stride for i in range(frames)],
-                   "fps": clip.fps if clip else None, "frames": clip.source_frames if clip else None,
-                   "size": list(clip.source_size) if clip else None},
-        "video": {"frames": frames, "width": width, "height": height,
-                  "fps": playback_fps(clip.indices, clip.fps) if clip else 8.0, "resize": "squash"},
-        "base": identity(base),
-        "adapter": {"kind": "full", "rank": 16, "temporal_seed": 0, "attention": "sparse-causal"},
-        "tuning": {"steps": training.max_train_steps if training else None,
-                   "lr": training.learning_rate if training else None, "seed": training.seed if training else None,
-                   "device": "official", "dtype": str(next(iter(run.state.values())).dtype).removeprefix("torch."),
-                   "seconds": None, "imported_from": str(Path(job.folder).resolve()),
-                   "weights_sha256": sha256_file(run.weights_file)},
-        "inversion": {"steps": None, "official_step": run.inv_latent_step} if latent is not None else None,
-        "loss": [],
-        "versions": versions(),
-    }
+    fps = playback_fps(clip.indices, clip.fps) if clip else 8.0
+    manifest = Manifest(
+        name=job.name, prompt=prompt,
+        source=Source(path=str(video_path.resolve()) if clip else (training.video_path if training else None),
+                      sha256=sha256_file(video_path) if clip and video_path.is_file() else None,
+                      indices=clip.indices if clip else tuple(start + i * stride for i in range(frames)),
+                      fps=clip.fps if clip else None, frames=clip.source_frames if clip else None,
+                      size=tuple(clip.source_size) if clip else None),
+        video=Video(frames=frames, width=width, height=height, fps=fps, resize="squash"),
+        base=identity(base), adapter=AdapterSpec("full"),
+        tuning=Tuning(steps=training.max_train_steps if training else None,
+                      lr=training.learning_rate if training else None, seed=training.seed if training else None),
+        run=Run(device="official", dtype=str(next(iter(run.state.values())).dtype).removeprefix("torch.")),
+        provenance=Provenance(Origin.OFFICIAL, folder=str(Path(job.folder).resolve()),
+                              weights_sha256=sha256_file(run.weights_file)),
+        inversion=Inversion(steps=None, official_step=run.inv_latent_step) if latent is not None else None,
+        loss=(),
+        versions=versions(),
+    )
     reporter.stage(Stage.SAVING)
     with store.staging() as stage:
         save_adapter(base.unet, AdapterSpec("full"), stage / "adapter", state=state)
         if latent is not None:
             save_file({"latents": latent.float().contiguous()}, stage / "inversion.safetensors")
         if clip is not None:
-            write_video(stage / "source.mp4", clip.frames, manifest["video"]["fps"])
-        return store.commit(stage, manifest)
+            write_video(stage / "source.mp4", clip.frames, fps)
+        return store.commit(stage, manifest.to_json())
 
 
 def _components_folder(base, folder: Path) -> Path:
@@ -139,26 +138,24 @@ def export_official(ref: str, dest: Path, store: Store, base: str | None = None,
     store.verify(artifact)
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise BadInput(f"{dest} already exists and is not empty; choose a new folder")
-    m = artifact.manifest
+    m = Manifest.of(artifact)
     loaded = load_recorded_base(artifact, base, base_config, force, "cpu", "fp32", reporter)
     tav = TuneAVideo.from_adapter(loaded, artifact.file("adapter/adapter_config.json").parent)
     state = official_state(tav.unet)
-    files = m["files"]
-    latent = load_file(artifact.file("inversion.safetensors"))["latents"] if "inversion.safetensors" in files else None
-    indices = m["source"].get("indices") or []
+    latent = load_file(artifact.file("inversion.safetensors"))["latents"] if m.has_inversion else None
+    indices = m.source.indices
     # The official config can only say "every K-th frame from S"; tav's uniform spread is written only if it is one.
     strided = len(indices) > 1 and len({b - a for a, b in zip(indices, indices[1:])}) == 1
-    base_name = base or m["base"]["name"]
+    base_name = base or m.base.name
     local = Path(base_name).expanduser()
     training = OfficialTraining(
-        prompt=m["prompt"], video_path=m["source"].get("path"), n_sample_frames=m["video"]["frames"],
-        width=m["video"]["width"], height=m["video"]["height"], sample_start_idx=indices[0] if indices else None,
+        prompt=m.prompt, video_path=m.source.path, n_sample_frames=m.video.frames,
+        width=m.video.width, height=m.video.height, sample_start_idx=indices[0] if indices else None,
         sample_frame_rate=indices[1] - indices[0] if strided else None,
         pretrained_model_path=str(local.resolve()) if local.exists() else base_name,
-        max_train_steps=m["tuning"].get("steps"),
-        learning_rate=m["tuning"].get("lr"), seed=m["tuning"].get("seed"))
+        max_train_steps=m.tuning.steps, learning_rate=m.tuning.lr, seed=m.tuning.seed)
     reporter.stage(Stage.WRITING, str(dest))
     with tempfile.TemporaryDirectory(prefix="tav-export-") as tmp:
         components = _components_folder(loaded, Path(tmp))
         return write_official(dest, state, dict(loaded.unet.config), components, inv_latent=latent,
-                              inv_step=m["tuning"].get("steps") or 0, training=training)
+                              inv_step=m.tuning.steps or 0, training=training)
