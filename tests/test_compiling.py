@@ -130,7 +130,7 @@ def test_compile_flag_reaches_tuning_and_editing(tmp_path, monkeypatch, tiny_bas
     assert len(calls) == 1
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "cache" / "tav" / "inductor")
     r = runner.invoke(app, ["show", artifact["id"], "--json"])
-    assert json.loads(r.stdout)["tuning"]["compile"] is True
+    assert json.loads(r.stdout)["run"]["compile"] is True  # schema 2: how it ran, apart from the paper's settings
     r = runner.invoke(app, ["edit", artifact["id"], "a cat", "b dog", "--steps", "2", "--device", "cpu", "--compile",
                             "--out-dir", str(tmp_path / "out"), "-q"])
     assert r.exit_code == 0, r.output

@@ -10,10 +10,12 @@ results. This module imports no model library until a job runs: the CLI reads it
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shutil
 import time
+import dataclasses
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -76,8 +78,12 @@ class TuneJob(Settings):
 
 @dataclass(frozen=True)
 class EditJob(Settings):
-    ref: str = setting(help="Artifact id, unique id prefix, or name.")
-    prompts: tuple[str, ...] = setting(help="One or more prompts; each makes one video.")
+    ref: str = setting(help="Artifact id, unique id prefix or name; REF@STEP edits with a kept checkpoint.")
+    prompts: tuple[str, ...] = setting((), "One or more prompts; each makes one video.")
+    inversion_name: str | None = setting(None, "A kept inversion to start from (`tav invert` names it).",
+                                         default_text="the one made at tuning")
+    reconstruct: bool = setting(False, "Render the inversion with the caption at guidance 1 (no prompts) and "
+                                       "print its PSNR against the source: does the inversion hold?")
     settings: EditSettings = nested(EditSettings)
     output: Path | None = setting(None, "Output path (one prompt only).")
     out_dir: Path = setting(Path("."), "Folder for outputs named after artifact and prompt.")
@@ -93,8 +99,18 @@ class EditJob(Settings):
     runtime: Runtime = nested(Runtime)
 
     def check(self) -> None:
-        if not self.prompts or any(not p.strip() for p in self.prompts):
+        if self.reconstruct:
+            if self.prompts:
+                raise BadInput("--reconstruct renders the caption; give no prompts with it")
+            if not self.settings.inversion:
+                raise BadInput("--reconstruct renders the inversion; drop --no-inversion")
+            return
+        if not self.prompts:
+            raise BadInput("no prompt given; pass one or more prompts, or --prompts-file FILE ('-' for stdin)")
+        if any(not p.strip() for p in self.prompts):
             raise BadInput("a prompt is empty; give each edit a text, e.g. \"an astronaut on the moon\"")
+        if self.inversion_name is not None and not self.settings.inversion:
+            raise BadInput("--inversion NAME and --no-inversion exclude each other; drop one")
         if self.output is not None and len(self.prompts) > 1:
             raise BadInput("-o names one file but several prompts were given; use --out-dir instead")
 
@@ -112,6 +128,7 @@ class EditResult:
     path: Path
     prompt: str
     scores: dict[str, float] | None = None
+    psnr: float | None = None  # --reconstruct: dB against the source frames
 
 
 # Options of `tav tune` that also reach the edits it runs afterwards (a config's validation prompts).
@@ -242,6 +259,13 @@ def load_recorded_base(artifact: Artifact, name: str | None, config: str | None,
     return base
 
 
+def tuned_model(base, target):
+    """The base with the target's adapter (the final one, or a kept checkpoint's), ready to sample."""
+    from tavcli.method.pipeline import TuneAVideo
+
+    return TuneAVideo.from_adapter(base, target.artifact.file(f"{target.adapter_folder}/adapter_config.json").parent)
+
+
 def _slug(text: str, limit: int = 48) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit].rstrip("-") or "edit"
 
@@ -274,70 +298,117 @@ def _write(path: Path, frames: np.ndarray, fps: float) -> None:
         Image.fromarray(frame).save(path / f"{i:04d}.png")
 
 
-def check_edit(job: EditJob, artifact: Artifact) -> None:
-    """What an edit asks of this artifact: a stored inversion, a source clip, a frame count it can give."""
-    m = Manifest.of(artifact)
-    if job.settings.inversion and not m.has_inversion:
-        raise BadInput(f"artifact {artifact.short_id} has no stored inversion (imported without inv_latents); "
+def check_edit(job: EditJob, target) -> None:
+    """What an edit asks of this artifact (at this step): an inversion, a source clip, a frame count it can give."""
+    m, label = target.manifest, target.artifact.short_id
+    if job.settings.inversion and job.inversion_name is None and target.final and not m.has_inversion:
+        raise BadInput(f"artifact {label} has no stored inversion (imported without inv_latents); "
                        "pass --no-inversion to start from noise")
     if job.grid and not m.has_file("source.mp4"):
-        raise BadInput(f"artifact {artifact.short_id} has no source clip to put beside the edit; drop --grid")
+        raise BadInput(f"artifact {label} has no source clip to put beside the edit; drop --grid")
     tuned_frames = m.video.frames
     if job.frames is not None and job.frames != tuned_frames and job.settings.inversion:
-        raise BadInput(f"--frames {job.frames} needs --no-inversion: the stored inversion has {tuned_frames} frames")
-    if job.grid and job.frames not in (None, tuned_frames):
-        raise BadInput(f"--grid puts the {tuned_frames}-frame source beside the edit; drop --grid or --frames")
+        raise BadInput(f"--frames {job.frames} needs --no-inversion: the inversion has {tuned_frames} frames "
+                       "(`tav invert --frames N` makes one of N)")
+    if job.grid and (job.frames not in (None, tuned_frames) or job.inversion_name is not None):
+        raise BadInput(f"--grid puts the {tuned_frames}-frame source beside the edit; drop --grid, --frames or "
+                       "--inversion")
 
 
 def edit(job: EditJob, store: Store, reporter: Reporter = Reporter()) -> list[EditResult]:
-    """Generate one video per prompt with a stored artifact; returns what was written (and its scores)."""
+    """Generate one video per prompt with a stored artifact (at a kept step); returns what was written."""
     import numpy as np
-    from safetensors.torch import load_file
 
-    from tavcli.method.pipeline import TuneAVideo
+    from tavcli.app import inversions, refs
+    from tavcli.method.metrics import psnr
     from tavcli.method.video import read_video
 
-    artifact = store.resolve(job.ref)
+    target = refs.resolve(store, job.ref)
+    artifact, m = target.artifact, target.manifest
     store.verify(artifact)
-    check_edit(job, artifact)
-    m = Manifest.of(artifact)
+    check_edit(job, target)
+    if job.inversion_name is not None:
+        inversions.find(store, target, job.inversion_name)  # before loading: a wrong name fails fast
     if job.runtime.compile:
         caches.use_compile_cache()
     base = load_recorded_base(artifact, job.base, job.base_config, job.force, job.runtime.device, job.runtime.dtype,
                               reporter)
-    tav = TuneAVideo.from_adapter(base, artifact.file("adapter/adapter_config.json").parent)
+    tav = tuned_model(base, target)
     scorer = _scorer(job.clip, base.device) if job.score else None
-    noise = (load_file(artifact.file("inversion.safetensors"))["latents"].to(base.device)
-             if job.settings.inversion else None)
-    frames = job.frames or m.video.frames
+    noise, inversion = (inversions.for_edit(store, target, tav, job.inversion_name, job.runtime, reporter)
+                        if job.settings.inversion else (None, None))
+    noise = noise.to(base.device) if noise is not None else None
+    frames = inversion.frames if inversion is not None else (job.frames or m.video.frames)
+    settings = job.settings.replace(guidance=1.0) if job.reconstruct else job.settings
+    prompts = (m.prompt,) if job.reconstruct else job.prompts
     source = read_video(artifact.file("source.mp4"), FrameSampling(frames=m.video.frames),
                         m.video.width, m.video.height).frames if job.grid else None
+    reference = _reference_frames(target, inversion) if job.reconstruct else None
     results = []
-    for prompt in job.prompts:
+    for prompt in prompts:
         started = time.perf_counter()
-        reporter.stage(Stage.EDITING, prompt, job.settings.steps)
-        video = tav.generate([prompt], job.settings, noise=noise, frames=frames, height=m.video.height,
+        reporter.stage(Stage.EDITING, prompt, settings.steps)
+        video = tav.generate([prompt], settings, noise=noise, frames=frames, height=m.video.height,
                              width=m.video.width, callback=reporter.step, runtime=job.runtime)[0]
         scores = scorer.score(video, prompt) if scorer else None  # the edit alone, not the grid
+        fidelity = psnr(video, reference) if reference is not None else None
         if source is not None:
             video = np.concatenate([source, video], axis=2)  # source left, edit right
-        suffix = "" if job.format == "png" else f".{job.format}"
-        output = job.output.with_suffix(suffix) if job.output and not job.output.suffix else job.output
-        path = _reserve(output or job.out_dir / f"{artifact.name or artifact.short_id}-{_slug(prompt)}{suffix}")
+        path = _output_path(job, target, "reconstruction" if job.reconstruct else prompt)
         try:
             _write(path, video, job.fps)
         except BaseException:  # an interrupted or failed write leaves no empty placeholder behind
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
             raise
         seconds = round(time.perf_counter() - started, 2)
-        s = job.settings
         store.append_edit(artifact, EditRecord(
-            prompt=prompt, created=datetime.now(timezone.utc).isoformat(timespec="seconds"), steps=s.steps,
-            guidance=s.guidance, seed=s.seed, inversion=s.inversion, negative_prompt=s.negative_prompt,
-            frames=frames, grid=job.grid, format=str(job.format), compile=job.runtime.compile,
-            output=str(path.resolve()), seconds=seconds, scores=scores).to_json())
-        results.append(EditResult(path, prompt, scores))
+            prompt=prompt, created=datetime.now(timezone.utc).isoformat(timespec="seconds"), steps=settings.steps,
+            guidance=settings.guidance, seed=settings.seed, inversion=settings.inversion,
+            negative_prompt=settings.negative_prompt, frames=frames, grid=job.grid, format=str(job.format),
+            compile=job.runtime.compile, output=str(path.resolve()), seconds=seconds, scores=scores,
+            step=None if target.final else target.step, inversion_name=inversion.name if inversion else None,
+            psnr=round(fidelity, 3) if fidelity is not None and math.isfinite(fidelity) else None).to_json())
+        results.append(EditResult(path, prompt, scores, fidelity))
     return results
+
+
+def _output_path(job: EditJob, target, what: str) -> Path:
+    """`-o`, or a free name in --out-dir after the artifact (and step) and the prompt."""
+    suffix = "" if job.format == "png" else f".{job.format}"
+    output = job.output.with_suffix(suffix) if job.output and not job.output.suffix else job.output
+    stem = target.label.replace("@", "-at-")
+    return _reserve(output or job.out_dir / f"{stem}-{_slug(what)}{suffix}")
+
+
+def _reference_frames(target, inversion) -> np.ndarray:
+    """The source frames an inversion was made from, to measure a reconstruction against."""
+    from tavcli.app import inversions
+
+    if inversion is None or inversion.source == "source.mp4" and inversion.indices == target.manifest.source.indices:
+        return inversions.source_frames(target, None, None)[0]
+    sampling = FrameSampling(frames=inversion.frames, start=inversion.start, stride=inversion.stride)
+    return inversions.source_frames(target, sampling, Path(inversion.source))[0]
+
+
+def prune(store: Store, ref: str, keep: tuple[int, ...]) -> Artifact:
+    """Drop the checkpoints of `ref` but those at the steps `keep` (and the inversions made with them), as a
+    new artifact that takes the old one's place and name; the final adapter always stays."""
+    from tavcli.app import inversions, refs
+
+    artifact = store.resolve(ref)
+    m = Manifest.of(artifact)
+    kept_steps = refs.kept_steps(m)
+    unknown = sorted(set(keep) - set(kept_steps))
+    if unknown:
+        raise BadInput(f"{artifact.name or artifact.short_id} kept no adapter at step {unknown[0]}; its kept steps "
+                       f"are {', '.join(map(str, kept_steps)) or 'none'}")
+    dropped = [c for c in m.checkpoints if c.step not in keep]
+    if not dropped:
+        return artifact
+    gone = {c.folder + "/" for c in dropped}
+    gone |= {f"added/{i.name}/" for i in inversions.kept(store, artifact) if i.step in {c.step for c in dropped}}
+    content = dataclasses.replace(m, checkpoints=tuple(c for c in m.checkpoints if c.step in keep)).to_json()
+    return store.rewrite(artifact, content, keep=lambda rel: not any(rel.startswith(g) for g in gone))
 
 
 def _scorer(name: str, device):
@@ -364,9 +435,12 @@ def score(job: ScoreJob, store: Store, reporter: Reporter = Reporter()) -> list[
             raise BadInput("scoring a video needs --prompt TEXT, the prompt it should match")
         targets = [(path, job.prompt)]
     else:
-        artifact = store.resolve(job.target)
+        from tavcli.app import refs
+
+        target = refs.resolve(store, job.target)  # REF@STEP: the edits made with that checkpoint
+        artifact, step = target.artifact, None if target.final else target.step
         targets = [(Path(e.output), job.prompt or e.prompt) for e in edits_of(artifact)
-                   if e.output is not None and Path(e.output).exists()]
+                   if e.step == step and e.output is not None and Path(e.output).exists()]
         if not targets:
             raise BadInput(f"{artifact.short_id} has no edit videos on disk to score; run `tav edit` first, "
                            "or give a video file")

@@ -195,6 +195,27 @@ class Manifest(Record):
 
 
 @dataclass(frozen=True)
+class KeptInversion(Record):
+    """An inversion computed after the artifact was stored (`tav invert`, or the first edit of a checkpoint),
+    kept with it under `added/<name>/` (a record of the store's added.jsonl)."""
+
+    name: str
+    step: int  # the tuning step whose adapter inverted it (the final one: the artifact's steps)
+    steps: int  # DDIM steps
+    indices: tuple[int, ...]  # the source frames it holds
+    start: int  # ... as read: `frames` from `start`, every `stride`-th (None: spread over the clip)
+    stride: int | None
+    source: str  # "source.mp4" (the artifact's copy of the tuned frames) or the video file read
+    file: str  # the latents, e.g. "added/<name>/inversion.safetensors"
+    created: str
+    files: dict[str, dict] = field(default_factory=dict, compare=False)
+
+    @property
+    def frames(self) -> int:
+        return len(self.indices)
+
+
+@dataclass(frozen=True)
 class EditRecord(Record):
     """One line of an artifact's edit log: what was asked, where the video went, how long it took."""
 
@@ -212,6 +233,9 @@ class EditRecord(Record):
     output: str | None = None  # a local path; None for a record that came with an imported artifact
     seconds: float | None = None
     scores: dict[str, float] | None = None
+    step: int | None = None  # the tuning step whose adapter edited (REF@STEP); None: the final adapter
+    inversion_name: str | None = None  # a kept inversion (`tav invert`), None: the one stored at tuning
+    psnr: float | None = None  # `--reconstruct`: dB against the source frames
 
 
 def edits_of(artifact: Any) -> list[EditRecord]:

@@ -8,6 +8,8 @@ stored once, and an export cannot be altered unnoticed. Layout under `root`:
     artifacts/<id>/manifest.json   caller's fields + "schema", "files" {relpath: {sha256, bytes}}, "id", "created"
     artifacts/<id>/<files...>      whatever the caller staged
     artifacts/<id>/edits.jsonl     append-only edit log, one JSON object a line (not hashed: it grows)
+    artifacts/<id>/added/<name>/   files kept with an artifact after it was stored (a later inversion), each
+    artifacts/<id>/added.jsonl     set recorded with its files' hashes; derived data, not exported
     tmp/                           staging and removal dirs; those over an hour old and unlocked go at open
     locks/                         one lock per artifact, for its edit log
     store.lock                     held while artifacts/ changes, and only for the rename
@@ -43,7 +45,7 @@ _NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _HEX = re.compile(r"[0-9a-f]+")
 _ID = re.compile(r"[0-9a-f]{64}")
 _DRIVE = re.compile(r"[A-Za-z]:")
-_RESERVED = ("manifest.json", "edits.jsonl")  # the store's own files in an artifact dir; never hashed as content
+_RESERVED = ("manifest.json", "edits.jsonl", "added.jsonl")  # the store's own files in an artifact dir
 _CHUNK = 1 << 20
 
 
@@ -149,7 +151,9 @@ class Store:
             lock.release()
             Path(f"{stage}.lock").unlink(missing_ok=True)
 
-    def commit(self, stage: Path, manifest: dict) -> Artifact:
+    def commit(self, stage: Path, manifest: dict, replaces: Artifact | None = None) -> Artifact:
+        """Store the staged files with `manifest` as one artifact (one rename); with `replaces`, that
+        artifact goes in the same locked step (its name passes to the new one): see `rewrite`."""
         stage = Path(stage)
         # Same directory, same filesystem: the final rename is atomic.
         if not stage.is_dir() or stage.resolve().parent != self._tmp.resolve():
@@ -182,21 +186,46 @@ class Store:
                 self._merge_edits(existing, stage / "edits.jsonl")
                 _rm(stage)
                 return existing
-            self.check_name(full.get("name"))
+            self.check_name(full.get("name"), besides=replaces)
             with open(stage / "manifest.json", "w", encoding="utf-8") as f:
                 json.dump(full, f, indent=2, sort_keys=True)
                 f.flush()
                 os.fsync(f.fileno())
             _fsync(stage)
             os.rename(stage, dest)
+            trash = self._discard(self._artifacts / replaces.id) if replaces is not None else None
             _fsync(self._artifacts)
+        if trash is not None:
+            _rm(trash)
         return Artifact(full["id"], dest, full, record)
 
-    def check_name(self, name: str | None) -> None:
-        """Refuse an invalid or taken name; jobs call it before their work, commit again under the lock."""
+    def rewrite(self, artifact: Artifact, manifest: dict, keep: Callable[[str], bool]) -> Artifact:
+        """`artifact` again, with `manifest` and only the files (and added files) for which `keep(rel)`
+        holds, as a new artifact that takes its place and its name (its id changes: it is other content).
+        Files are hard links where the filesystem allows, so dropping checkpoints costs no copy."""
+        self.verify(artifact)
+        old = self._artifacts / artifact.id
+        with self.staging() as stage:
+            rels = [rel for rel in artifact.manifest["files"] if keep(rel)]
+            added = [r for r in self.added(artifact) if all(keep(rel) for rel in r.get("files", {}))]
+            for rel in rels + [rel for r in added for rel in r["files"]]:
+                (stage / rel).parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.link(old / rel, stage / rel)
+                except OSError:
+                    shutil.copyfile(old / rel, stage / rel)
+            with self._locked(self.root / "locks" / f"{artifact.id}.lock"):
+                if (old / "edits.jsonl").is_file():
+                    shutil.copyfile(old / "edits.jsonl", stage / "edits.jsonl")
+            (stage / "added.jsonl").write_bytes(b"".join(_canonical(r) + b"\n" for r in added))
+            return self.commit(stage, manifest, replaces=artifact)
+
+    def check_name(self, name: str | None, besides: Artifact | None = None) -> None:
+        """Refuse an invalid or taken name (by another artifact than `besides`); jobs call it before their
+        work, commit again under the lock."""
         _check_name(name)
         for other in self.list() if name is not None else []:
-            if other.name == name:
+            if other.name == name and (besides is None or other.id != besides.id):
                 raise BadInput(f"name '{name}' is taken by {other.short_id}; "
                                  f"choose another --name or `tav rm {name}`")
 
@@ -262,6 +291,47 @@ class Store:
             raise BadInput(f"edit record is not JSON ({e}); pass only str, numbers, bools, lists, dicts") from None
         with self._locked(self.root / "locks" / f"{artifact.id}.lock"):
             self._append(self._artifacts / artifact.id / "edits.jsonl", line)
+
+    def add(self, artifact: Artifact, name: str, stage: Path, record: dict) -> dict:
+        """Keep the files of `stage` (a staging dir) with `artifact`, as `added/<name>/`, recorded in its
+        `added.jsonl` with their hashes. The artifact's own files and id never change: what is added is
+        derived data (e.g. an inversion computed later), verified when read, dropped by `prune`, not exported."""
+        stage = Path(stage)
+        if not stage.is_dir() or stage.resolve().parent != self._tmp.resolve():
+            raise BadInput(f"{stage} is not a staging dir of this store; create one with Store.staging()")
+        _check_name(name)
+        files = {f"added/{name}/{rel}": meta for rel, meta in _scan(stage).items()}
+        full = record | {"name": name, "files": files,
+                         "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        line = _canonical(full) + b"\n"
+        _fsync_tree(stage)
+        with self._locked(self.root / "locks" / f"{artifact.id}.lock"):
+            if any(r["name"] == name for r in self.added(artifact)):
+                raise BadInput(f"{artifact.short_id} already keeps '{name}'; choose another name")
+            dest = self._artifacts / artifact.id / "added" / name
+            if dest.exists():  # a crash between the rename and the record left it: unrecorded, so unused
+                _rm(dest)
+            dest.parent.mkdir(exist_ok=True)
+            os.rename(stage, dest)
+            _fsync(dest.parent)
+            self._append(self._artifacts / artifact.id / "added.jsonl", line)
+        return full
+
+    def added(self, artifact: Artifact) -> list[dict]:
+        """The records of what was added to `artifact` after it was stored, oldest first."""
+        try:
+            data = (self._artifacts / artifact.id / "added.jsonl").read_bytes()
+        except FileNotFoundError:
+            return []
+        return [json.loads(line) for line in _json_lines(data)]
+
+    def added_file(self, artifact: Artifact, files: dict, rel: str) -> Path:
+        """The path of file `rel` of an added record (whose `files` are given), its sha256 checked."""
+        meta = files.get(rel)
+        path = self._artifacts / artifact.id / rel
+        if not isinstance(meta, dict) or not path.is_file() or _sha256(path) != meta.get("sha256"):
+            raise Corrupt(f"'{rel}' kept with {artifact.short_id} is missing or damaged")
+        return path
 
     def remove(self, artifact: Artifact | Damaged) -> None:
         with self._locked(self.root / "store.lock"):
@@ -507,6 +577,8 @@ def _scan(stage: Path) -> dict[str, dict]:
     """{posix relpath: {"sha256", "bytes"}} of every staged file but the store's own, sorted."""
     files = {}
     for dirpath, dirnames, filenames in os.walk(stage):
+        if Path(dirpath) == stage and "added" in dirnames:
+            dirnames.remove("added")  # the store's own: derived files, recorded in added.jsonl
         for name in dirnames + filenames:
             if os.path.islink(os.path.join(dirpath, name)):
                 raise BadInput(f"{os.path.join(dirpath, name)} is a symlink; stage real files (copy, don't link)")

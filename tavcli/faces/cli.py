@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -41,6 +42,12 @@ def _option(job: type, key: str, *names: str, help: str | None = None, **kwargs)
     shown = option.default_shown()
     return typer.Option(*(names or (f"--{key.replace('_', '-')}",)), help=help or option.help,
                         show_default=shown if shown is not None else False, **kwargs)
+
+
+def _invert_job() -> type:
+    from tavcli.app.inversions import InvertJob
+
+    return InvertJob
 
 
 def _official_job() -> type:
@@ -233,6 +240,7 @@ def tune(
     resize: Annotated[str | None, _option(TuneJob, "resize", help="crop (keep aspect, centre-crop) or squash "
                                           "(official configs: squash).")] = None,
     steps: Annotated[int | None, _option(TuneJob, "steps")] = None,
+    inversion_steps: Annotated[int | None, _option(TuneJob, "inversion_steps")] = None,
     lr: Annotated[float | None, _option(TuneJob, "lr")] = None,
     weight_decay: Annotated[float | None, _option(TuneJob, "weight_decay")] = None,
     adapter: Annotated[str | None, _option(TuneJob, "adapter")] = None,
@@ -280,10 +288,7 @@ def _read_prompts(prompts: list[str] | None, prompts_file: str | None) -> list[s
     if prompts_file:
         text = sys.stdin.read() if prompts_file == "-" else Path(prompts_file).read_text()
         found += [line.strip() for line in text.splitlines() if line.strip()]
-    if not found:
-
-        raise BadInput("no prompt given; pass one or more prompts, or --prompts-file FILE ('-' for stdin)")
-    return found
+    return found  # none: EditJob says what is missing (or --reconstruct needs none)
 
 
 @app.command()
@@ -300,7 +305,10 @@ def edit(
     guidance: Annotated[float | None, _option(EditJob, "guidance")] = None,
     negative: Annotated[str | None, _option(EditJob, "negative")] = None,
     seed: Annotated[int | None, _option(EditJob, "seed")] = None,
-    inversion: Annotated[bool | None, _option(EditJob, "inversion", "--inversion/--no-inversion")] = None,
+    inversion: Annotated[str | None, _option(EditJob, "inversion_name", "--inversion")] = None,
+    no_inversion: Annotated[bool, typer.Option("--no-inversion", help="Start from noise, not from an inversion "
+                                               "(the paper's ablation; plain text-to-video).")] = False,
+    reconstruct: Annotated[bool | None, _option(EditJob, "reconstruct")] = None,
     frames: Annotated[int | None, _option(EditJob, "frames")] = None,
     grid: Annotated[bool | None, _option(EditJob, "grid")] = None,
     fps: Annotated[float | None, _option(EditJob, "fps")] = None,
@@ -316,22 +324,32 @@ def edit(
     quiet: Quiet = False,
 ) -> None:
     """Edit the tuned clip with new prompts; print each written path (with --score: path, CLIP score,
-    frame consistency, tab-separated)."""
+    frame consistency; with --reconstruct: path, PSNR in dB; tab-separated)."""
     from tavcli.app.jobs import edit as run_edit
     from tavcli.app.jobs import edit_job
 
-    flags = _flags(locals(), EditJob) | {"prompts": _read_prompts(prompts, prompts_file)}
-    job = edit_job(flags, {k: f"--{k.replace('_', '-')}" for k in flags})
+    from tavcli.app.refs import split
+
+    given = {k: v for k, v in locals().items() if k not in ("inversion", "no_inversion")}
+    flags = (_flags(given, EditJob) | {"prompts": _read_prompts(prompts, prompts_file)}
+             | ({"inversion_name": inversion} if inversion is not None else {})
+             | ({"inversion": False} if no_inversion else {}))
+    where = {k: f"--{k.replace('_', '-')}" for k in flags} | {"inversion_name": "--inversion",
+                                                              "inversion": "--no-inversion"}
+    job = edit_job(flags, where)
     store = _store()
     with _Progress(quiet) as progress:
         results = run_edit(job, store, progress)
     if as_json:
-        artifact = store.resolve(ref)
+        artifact = store.resolve(split(ref)[0])
         _stdout().print_json(json.dumps({"artifact": artifact.short_id, "outputs": [
-            {"prompt": r.prompt, "path": str(r.path)} | (r.scores or {}) for r in results]}))
+            {"prompt": r.prompt, "path": str(r.path)} | (r.scores or {})
+            | ({"psnr": r.psnr if math.isfinite(r.psnr) else None} if job.reconstruct else {})
+            for r in results]}))
     else:
         for r in results:
-            typer.echo("\t".join([str(r.path)] + [f"{v:.2f}" for v in (r.scores or {}).values()]))
+            extra = [f"{v:.2f}" for v in (r.scores or {}).values()] + ([f"{r.psnr:.2f}"] if job.reconstruct else [])
+            typer.echo("\t".join([str(r.path)] + extra))
 
 
 @app.command()
@@ -443,24 +461,45 @@ def _show_lines(a) -> list[str]:
 @app.command()
 @_errors
 def show(
-    ref: str = typer.Argument(..., help="Artifact id, unique id prefix, or name."),
-    as_json: bool = typer.Option(False, "--json", help="The whole manifest and edits as JSON."),
+    ref: str = typer.Argument(..., help="Artifact id, unique id prefix, or name (REF@STEP: that checkpoint)."),
+    as_json: bool = typer.Option(False, "--json", help="The whole manifest, checkpoints, inversions and edits."),
 ) -> None:
-    """Everything stored about one artifact: settings, loss curve, edits."""
-    a = _store().resolve(ref)
+    """Everything stored about one artifact: settings, loss curve, checkpoints, inversions, edits."""
+    from tavcli.app import inversions, refs
+
+    store = _store()
+    target = refs.resolve(store, ref)
+    a, m = target.artifact, target.manifest
+    kept = inversions.kept(store, a)
     if as_json:
-        m = Manifest.of(a)
         _stdout().print_json(json.dumps(m.to_json() | {
             "id": a.id, "created": a.created, "files": m.files, "path": str(a.path),
-            "edits": [e.to_json() for e in edits_of(a)]}))
+            "step": target.step, "checkpoints": _checkpoints(a, m, kept),
+            "inversions": [i.to_json() for i in kept], "edits": [e.to_json() for e in edits_of(a)]}))
         return
-    _stdout().print("\n".join(_show_lines(a)), markup=False)
+    lines = _show_lines(a)
+    lines += [f"checkpoint step {c['step']}, {_human_bytes(c['bytes'])}, inversion "
+              f"{'kept' if c['inversion'] else 'made at its first edit'}" for c in _checkpoints(a, m, kept)]
+    lines += [f"inversion {i.name}: adapter of step {i.step}, {i.steps} steps, {i.frames} frames "
+              f"{list(i.indices)} of {i.source}" for i in kept]
+    lines += [f"preview   step {p.step}: {p.prompt!r} -> {a.path / p.file}" for p in m.previews]
+    if not target.final:
+        lines.insert(1, f"step      {target.step} (a kept checkpoint; the final adapter is step {m.tuning.steps})")
+    _stdout().print("\n".join(lines), markup=False)
+
+
+def _checkpoints(a, m: Manifest, kept) -> list[dict]:
+    """`tav show`'s checkpoints: step, folder, bytes and whether an inversion made with it is kept."""
+    with_inversion = {i.step for i in kept}
+    return [{"step": c.step, "folder": c.folder, "inversion": c.step in with_inversion,
+             "bytes": sum(meta["bytes"] for rel, meta in m.files.items() if rel.startswith(c.folder + "/"))}
+            for c in m.checkpoints]
 
 
 @app.command()
 @_errors
 def export(
-    ref: Annotated[str, typer.Argument(help="Artifact id, unique id prefix, or name.")],
+    ref: Annotated[str, typer.Argument(help="Artifact id, unique id prefix, or name (REF@STEP: a checkpoint).")],
     dest: Annotated[Path, typer.Argument(help="A .tav file, or a folder with --format peft or official.")],
     fmt: Annotated[str, typer.Option("--format", help="tav (one portable file), peft (the adapter folder) or "
                                      "official (a pipeline folder the official Tune-A-Video code loads).")] = "tav",
@@ -471,20 +510,26 @@ def export(
                                                "single-file base.")] = None,
     quiet: Quiet = False,
 ) -> None:
-    """Write an artifact as one portable .tav file, its adapter as a PEFT folder, or an official pipeline folder."""
+    """Write an artifact as one portable .tav file, its adapter as a PEFT folder, or an official pipeline folder;
+    REF@STEP writes that checkpoint's adapter (peft, official)."""
+    from tavcli.app import refs
+
     store = _store()
-    artifact = store.resolve(ref)
+    target = refs.resolve(store, ref)
+    if fmt not in ("tav", "peft", "official"):
+        raise BadInput(f"unknown export format {fmt!r}; choose tav, peft or official")
+    if fmt == "tav" and not target.final:
+        raise BadInput(f"a .tav file holds the whole artifact with every checkpoint; export "
+                       f"{target.artifact.name or target.artifact.short_id}, or {ref} with --format peft or official")
     if fmt == "official":
         from tavcli.app.official.jobs import export_official
 
         with _Progress(quiet) as progress:
-            typer.echo(str(export_official(artifact.id, dest, store, base, base_config, force, progress)))
+            typer.echo(str(export_official(ref, dest, store, base, base_config, force, progress)))
     elif fmt == "tav":
-        typer.echo(str(store.export(artifact, dest, force=force)))
-    elif fmt == "peft":
-        typer.echo(str(store.export_folder(artifact, "adapter", dest, force=force)))
+        typer.echo(str(store.export(target.artifact, dest, force=force)))
     else:
-        raise BadInput(f"unknown export format {fmt!r}; choose tav, peft or official")
+        typer.echo(str(store.export_folder(target.artifact, target.adapter_folder, dest, force=force)))
 
 
 @app.command("import")
@@ -524,13 +569,74 @@ def import_official(
 
 @app.command()
 @_errors
-def rm(refs: list[str] = typer.Argument(..., help="Artifact ids, unique prefixes or names.")) -> None:
-    """Delete artifacts (damaged ones too); all refs are resolved before anything is removed."""
+def rm(refs: list[str] = typer.Argument(..., help="Artifact ids, unique prefixes or names; REF@STEP removes "
+                                         "one checkpoint.")) -> None:
+    """Delete artifacts (damaged ones too), or one kept checkpoint (REF@STEP: the artifact gets a new id,
+    printed); all refs are resolved before anything is removed."""
+    from tavcli.app import refs as steps
+    from tavcli.app.jobs import prune
+
     store = _store()
-    artifacts = [store.resolve(r, damaged=True) for r in refs]
-    for a in {a.id: a for a in artifacts}.values():
+    whole = [store.resolve(r, damaged=True) for r in refs if "@" not in r]
+    checkpoints = [steps.resolve(store, r) for r in refs if "@" in r]
+    for t in checkpoints:
+        if t.final:
+            raise BadInput(f"step {t.step} is {t.label}'s final adapter, the artifact itself; "
+                           f"`tav rm {t.artifact.name or t.artifact.short_id}` removes it all")
+    for a in {a.id: a for a in whole}.values():
         store.remove(a)
         typer.echo(a.short_id)
+    for t in checkpoints:
+        if t.artifact.id in {a.id for a in whole}:
+            continue
+        current = store.resolve(t.artifact.name or t.artifact.id)  # an earlier checkpoint's removal renamed it
+        keep = tuple(s for s in steps.kept_steps(Manifest.of(current)) if s != t.step)
+        typer.echo(prune(store, current.id, keep).short_id)
+
+
+@app.command()
+@_errors
+def prune(
+    ref: Annotated[str, typer.Argument(help="Artifact id, unique id prefix, or name.")],
+    keep: Annotated[list[int] | None, typer.Option("--keep", help="A checkpoint step to keep (repeat it); the "
+                                                   "final adapter always stays.")] = None,
+) -> None:
+    """Drop an artifact's checkpoints but the --keep ones (and the inversions made with them); print the
+    artifact's new id (its content changed)."""
+    from tavcli.app.jobs import prune as run_prune
+
+    typer.echo(run_prune(_store(), ref, tuple(keep or ())).short_id)
+
+
+@app.command()
+@_errors
+def invert(
+    ref: Annotated[str, typer.Argument(help=options(_invert_job())["ref"].help)],
+    steps: Annotated[int | None, _option(_invert_job(), "steps")] = None,
+    frames: Annotated[int | None, _option(_invert_job(), "frames")] = None,
+    start: Annotated[int | None, _option(_invert_job(), "start")] = None,
+    stride: Annotated[int | None, _option(_invert_job(), "stride")] = None,
+    video: Annotated[Path | None, _option(_invert_job(), "video")] = None,
+    name: Annotated[str | None, _option(_invert_job(), "name")] = None,
+    device: Device = None,
+    dtype: Dtype = None,
+    as_json: Json = False,
+    quiet: Quiet = False,
+) -> None:
+    """Invert the stored source (or --video) again with the tuned model: more steps, other or more frames.
+    Kept with the artifact; prints its name, for `tav edit REF --inversion NAME`."""
+    from tavcli.app.inversions import InvertJob
+    from tavcli.app.inversions import invert as run_invert
+    from tavcli.settings import build
+
+    flags = _flags(locals(), InvertJob)
+    job = build(InvertJob, flags, {k: f"--{k.replace('_', '-')}" for k in flags})
+    with _Progress(quiet) as progress:
+        kept = run_invert(job, _store(), progress)
+    if as_json:
+        _stdout().print_json(json.dumps(kept.to_json()))
+    else:
+        typer.echo(kept.name)
 
 
 @app.command("store")

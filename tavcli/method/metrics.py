@@ -187,3 +187,12 @@ def _load_hint(name: str, source: str, error: BaseException) -> str:
     return (f"could not load CLIP model {name!r} ({why}); if it is not in the Hugging Face cache, run "
             f"`hf download {name}` on a connected machine (offline runs need HF_HUB_OFFLINE=1 and the cache), "
             "or pass --clip PATH to a local CLIP folder")
+
+
+def psnr(frames: np.ndarray, reference: np.ndarray) -> float:
+    """Peak signal-to-noise ratio in dB of uint8 frames against a reference of the same shape (inf if equal):
+    how close a reconstruction of the clip through its inversion comes to the clip."""
+    if frames.shape != reference.shape:
+        raise ValueError(f"frames {frames.shape} and reference {reference.shape} differ in shape")
+    mse = float(np.mean((frames.astype(np.float64) - reference.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10.0 * float(np.log10(255.0 ** 2 / mse))

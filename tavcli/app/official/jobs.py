@@ -131,18 +131,22 @@ def export_official(ref: str, dest: Path, store: Store, base: str | None = None,
 
     from safetensors.torch import load_file
 
+    from tavcli.app import inversions, refs
+    from tavcli.app.jobs import tuned_model
     from tavcli.app.official.layout import OfficialTraining, official_state, write_official
-    from tavcli.method.pipeline import TuneAVideo
 
-    artifact = store.resolve(ref)
+    target = refs.resolve(store, ref)  # REF@STEP: that checkpoint, with its inversion when one is kept
+    artifact = target.artifact
     store.verify(artifact)
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise BadInput(f"{dest} already exists and is not empty; choose a new folder")
     m = Manifest.of(artifact)
     loaded = load_recorded_base(artifact, base, base_config, force, "cpu", "fp32", reporter)
-    tav = TuneAVideo.from_adapter(loaded, artifact.file("adapter/adapter_config.json").parent)
+    tav = tuned_model(loaded, target)
     state = official_state(tav.unet)
-    latent = load_file(artifact.file("inversion.safetensors"))["latents"] if m.has_inversion else None
+    own = [i for i in inversions.kept(store, artifact) if i.step == target.step and i.source == "source.mp4"]
+    latent = (load_file(artifact.file("inversion.safetensors"))["latents"] if target.final and m.has_inversion
+              else inversions.load_latents(store, target, own[0]) if own else None)
     indices = m.source.indices
     # The official config can only say "every K-th frame from S"; tav's uniform spread is written only if it is one.
     strided = len(indices) > 1 and len({b - a for a, b in zip(indices, indices[1:])}) == 1
@@ -153,9 +157,9 @@ def export_official(ref: str, dest: Path, store: Store, base: str | None = None,
         width=m.video.width, height=m.video.height, sample_start_idx=indices[0] if indices else None,
         sample_frame_rate=indices[1] - indices[0] if strided else None,
         pretrained_model_path=str(local.resolve()) if local.exists() else base_name,
-        max_train_steps=m.tuning.steps, learning_rate=m.tuning.lr, seed=m.tuning.seed)
+        max_train_steps=target.step, learning_rate=m.tuning.lr, seed=m.tuning.seed)
     reporter.stage(Stage.WRITING, str(dest))
     with tempfile.TemporaryDirectory(prefix="tav-export-") as tmp:
         components = _components_folder(loaded, Path(tmp))
         return write_official(dest, state, dict(loaded.unet.config), components, inv_latent=latent,
-                              inv_step=m.tuning.steps or 0, training=training)
+                              inv_step=target.step or 0, training=training)
