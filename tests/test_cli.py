@@ -200,14 +200,18 @@ def tuned_home(tmp_path_factory, tiny_base_dir, source_mp4, _one_thread) -> Path
     return home
 
 
-@pytest.fixture
-def home(tmp_path, monkeypatch, tuned_home) -> Path:
-    """A private copy of the module's store, as $TAV_HOME."""
-    home = tmp_path / "home"
-    shutil.copytree(tuned_home, home)
+def private_home(store: Path, home: Path, monkeypatch) -> Path:
+    """A copy of the store at `store`, at `home`, as $TAV_HOME (tests may change it freely)."""
+    shutil.copytree(store, home, dirs_exist_ok=True)
     monkeypatch.setenv("TAV_HOME", str(home))
     monkeypatch.delenv("TAV_DEBUG", raising=False)
     return home
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch, tuned_home) -> Path:
+    """A private copy of the module's store, as $TAV_HOME."""
+    return private_home(tuned_home, tmp_path / "home", monkeypatch)
 
 
 @pytest.fixture

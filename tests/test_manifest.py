@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import io
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -21,13 +20,14 @@ import pytest
 from rich.console import Console
 
 from tavcli.app.manifest import SCHEMA, EditRecord, Manifest, ManifestError, migrate, open_store
-from tavcli.app.store import Store, _content_id
+from tavcli.app.store import _content_id
 from tavcli.faces.cli import _list_table
 from tests.test_cli import (
     SCHEMA1,
     _zip,
     assert_error,
     png_folder_frames,
+    private_home,
     schema1_manifest,
     store_state,
     tmp_leftovers,
@@ -40,12 +40,7 @@ FIXTURE_ID = "2e3c47eacab8fc972ec0c6ebb2f07d704435805d5cb700cd6c677f6075c56117"
 @pytest.fixture
 def old_home(tmp_path, monkeypatch) -> Path:
     """A copy of the schema-1 store, as $TAV_HOME."""
-    home = tmp_path / "old-home"
-    Store(home)
-    shutil.copytree(SCHEMA1 / "artifacts", home / "artifacts", dirs_exist_ok=True)
-    monkeypatch.setenv("TAV_HOME", str(home))
-    monkeypatch.delenv("TAV_DEBUG", raising=False)
-    return home
+    return private_home(SCHEMA1, tmp_path / "old-home", monkeypatch)  # its edit-png/ beside artifacts/ is harmless
 
 
 def _raw_fixture_manifest() -> dict:

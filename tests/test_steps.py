@@ -24,6 +24,7 @@ from tests.test_cli import (
     _invoke,
     assert_error,
     png_folder_frames,
+    private_home,
     store_state,
     tmp_leftovers,
 )
@@ -53,11 +54,7 @@ def stepped_home(tmp_path_factory, tiny_base_dir, source_mp4, _one_thread) -> Pa
 
 @pytest.fixture
 def home(tmp_path, monkeypatch, stepped_home) -> Path:
-    home = tmp_path / "home"
-    shutil.copytree(stepped_home, home)
-    monkeypatch.setenv("TAV_HOME", str(home))
-    monkeypatch.delenv("TAV_DEBUG", raising=False)
-    return home
+    return private_home(stepped_home, tmp_path / "home", monkeypatch)
 
 
 def _show(cli, ref: str) -> dict:
