@@ -24,7 +24,7 @@ def test_tiny_bench_times_the_jobs_users_run(tmp_path, monkeypatch):
     assert 0 < out["tune_steps_s"] < out["tune_total_s"]
     assert out["inversion_s"] > 0 and out["load_s"] > 0 and out["adapter_bytes"] > 10_000
     assert 0 < out["edit_warm_s"] <= out["edit_warm_total_s"]
-    assert (tmp_path / "cache" / "tav" / "bench" / "tiny" / "model_index.json").is_file()  # cached for next time
+    assert (tmp_path / "cache" / "tav" / "bases" / "random-tiny-seed0" / "model_index.json").is_file()  # cached
 
 
 def test_tiny_bench_with_compile_times_a_second_pass_from_the_cache(tmp_path, monkeypatch):

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tavcli import __version__
-from tavcli.app import caches
+from tavcli.app import builtin, caches
 from tavcli.app.progress import Reporter, Stage
 from tavcli.app.manifest import (
     BaseIdentity,
@@ -65,7 +65,8 @@ class TuneJob(Settings):
     video: Path = setting(help="A video file, a GIF, or a folder of frames.")
     prompt: str = setting(help="The clip's caption, e.g. \"a man is skiing\".", nonempty=True)
     name: str | None = setting(None, "A name to refer to the artifact by.")
-    base: str = setting(DEFAULT_BASE, "SD v1.x hub id, diffusers folder, or single-file .safetensors/.ckpt checkpoint.")
+    base: str = setting(DEFAULT_BASE, "SD v1.x hub id, diffusers folder, single-file .safetensors/.ckpt checkpoint, "
+                                      "or a built-in random base (random:tiny, random:sd-v1: no download, noise).")
     base_config: str | None = setting(None, "For a single-file --base: an SD v1.x diffusers folder (or hub id) with "
                                             "its configs, tokenizer and scheduler (needed offline).")
     sampling: FrameSampling = nested(FrameSampling)
@@ -74,6 +75,9 @@ class TuneJob(Settings):
     tuning: TuneSettings = nested(TuneSettings)
     inversion: InversionSettings = nested(InversionSettings)
     runtime: Runtime = nested(Runtime)
+
+    def check(self) -> None:
+        builtin.check(self.base)
 
 
 @dataclass(frozen=True)
@@ -99,6 +103,7 @@ class EditJob(Settings):
     runtime: Runtime = nested(Runtime)
 
     def check(self) -> None:
+        builtin.check(self.base)
         if self.reconstruct:
             if self.prompts:
                 raise BadInput("--reconstruct renders the caption; give no prompts with it")
@@ -190,8 +195,8 @@ def tune(job: TuneJob, store: Store, reporter: Reporter = Reporter()) -> Artifac
     if job.runtime.compile:
         caches.use_compile_cache()
     reporter.stage(Stage.LOADING, job.base)
-    base = load_base(job.base, job.runtime.device, job.runtime.dtype, config=job.base_config)
-    recorded_base = identity(base)
+    base = load_base(builtin.locate(job.base), job.runtime.device, job.runtime.dtype, config=job.base_config)
+    recorded_base = identity(base, job.base)
     tav = TuneAVideo.create(base, job.adapter)
     started = time.perf_counter()
     reporter.stage(Stage.TUNING, total=job.tuning.steps)
@@ -225,13 +230,16 @@ def tune(job: TuneJob, store: Store, reporter: Reporter = Reporter()) -> Artifac
         return store.commit(stage, manifest.to_json())
 
 
-def identity(base) -> BaseIdentity:
+def identity(base, name: str | None = None) -> BaseIdentity:
     """The base's identity for a manifest; a single file's sha256 is remembered across runs. A local file or
-    folder is recorded by its absolute path (as its --base-config is), so later edits find it from anywhere."""
+    folder is recorded by its absolute path (as its --base-config is), so later edits find it from anywhere;
+    a built-in random base by its name (`name`, e.g. random:tiny), which rebuilds it anywhere."""
     from tavcli.method.models import base_identity
 
     found = base_identity(base, sha256=caches.file_sha256(base.checkpoint) if base.checkpoint else None)
-    if Path(base.name).expanduser().exists():
+    if builtin.is_random(name):
+        found["name"] = name
+    elif Path(base.name).expanduser().exists():
         found["name"] = os.path.abspath(Path(base.name).expanduser())
     return BaseIdentity.from_json(found, "base")
 
@@ -252,7 +260,8 @@ def load_recorded_base(artifact: Artifact, name: str | None, config: str | None,
     base_name = name or recorded.name
     reporter.stage(Stage.LOADING, base_name)
     single_file = Path(base_name).suffix.lower() in (".safetensors", ".ckpt")
-    base = load_base(base_name, device, dtype, config=config or (recorded.config if single_file else None))
+    base = load_base(builtin.locate(base_name), device, dtype,
+                     config=config or (recorded.config if single_file else None))
     if not force and not same_base(identity(base), recorded):
         raise BadInput(f"{base_name} is not the base {artifact.short_id} was tuned on ({recorded.name}); "
                        "pass that base, or --force to use this one anyway")

@@ -66,30 +66,14 @@ class _Clock(Reporter):
         return (starts[then] if then else time.perf_counter()) - starts[first]
 
 
-def _base_folder(tiny: bool) -> Path:
-    """A random-weight base, made once and cached (the full-size one takes ~20 s and 2 GB in fp16)."""
-    import platformdirs
-    import torch
+def _base(tiny: bool) -> str:
+    """A built-in random-weight base, built once per machine (the full-size one takes ~20 s and 2 GB in fp16)
+    before anything is timed."""
+    from tavcli.app import builtin
 
-    from tavcli.method.random_base import save_random_base
-
-    arch = "tiny" if tiny else "sd-v1"
-    folder = Path(platformdirs.user_cache_dir("tav")) / "bench" / arch
-    if not (folder / "model_index.json").is_file():
-        save_random_base(folder, arch=arch, dtype=torch.float32 if tiny else torch.float16)
-    return folder
-
-
-def _clip(folder: Path, frames: int, size: int) -> Path:
-    """A synthetic clip that moves smoothly, so the encoder sees video-like frames."""
-    import numpy as np
-
-    from tavcli.method.video import write_video
-
-    y, x = np.mgrid[0:size, 0:size] / size
-    video = np.stack([np.stack([np.sin(6 * x + t / 3), np.cos(5 * y - t / 4), np.sin(4 * (x + y) + t / 5)], -1)
-                      for t in range(frames)])
-    return write_video(folder / "clip.mp4", ((video + 1) * 127.5).astype(np.uint8), fps=8)
+    name = "random:tiny" if tiny else "random:sd-v1"
+    builtin.locate(name)
+    return name
 
 
 def _time_tune(job: jobs.TuneJob, store: Store, clock: _Clock, cuda: bool) -> tuple[Artifact, dict]:
@@ -145,13 +129,14 @@ def run(settings: BenchSettings, reporter: Reporter = Reporter()) -> dict:
     would a later `tav tune --compile` or `tav edit --compile`."""
     import torch
 
+    from tavcli.app import builtin
     from tavcli.app.caches import compile_cache_dir
     from tavcli.engine.runtime import resolve_device
 
     device = resolve_device(settings.device)
     cuda = device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
-    base = _base_folder(settings.tiny)
+    base = _base(settings.tiny)
     out: dict = {"settings": asdict(settings), "device": torch.cuda.get_device_name() if cuda else "cpu",
                  "torch": torch.__version__}
     if settings.compile:
@@ -160,8 +145,8 @@ def run(settings: BenchSettings, reporter: Reporter = Reporter()) -> dict:
     runtime = {"device": settings.device, "compile": settings.compile, "low_memory": settings.low_memory}
     with tempfile.TemporaryDirectory(prefix="tav-bench-") as tmp:
         store = open_store(Path(tmp) / "store")
-        clip = _clip(Path(tmp), settings.frames, settings.size)
-        tune_job = jobs.tune_job({"video": clip, "prompt": "a man is skiing", "base": str(base),
+        clip = builtin.synthetic_clip(Path(tmp) / "clip.mp4", settings.frames, settings.size)
+        tune_job = jobs.tune_job({"video": clip, "prompt": "a man is skiing", "base": base,
                                   "frames": settings.frames, "size": settings.size, "steps": settings.steps,
                                   "inversion_steps": settings.inversion_steps, **runtime})
 

@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tavcli import __version__
+from tavcli.app import builtin
 from tavcli.app.jobs import EditJob, ScoreJob, TuneJob
 from tavcli.app.manifest import Manifest, edits_of
 from tavcli.app.progress import Stage
@@ -386,7 +387,8 @@ def _list_table(rows: list[dict], width: int) -> Table:
             cells.append((r["short_id"], "", "", "", _human_bytes(r["bytes"]), "", "",
                           f"damaged: remove it with `tav rm {r['short_id']}`"))
         else:
-            cells.append((r["short_id"], r["name"] or "", f"{r['frames']}×{r['width']}×{r['height']}", r["adapter"],
+            kind = r["adapter"] + ("*" if builtin.is_random(r["base"]) else "")
+            cells.append((r["short_id"], r["name"] or "", f"{r['frames']}×{r['width']}×{r['height']}", kind,
                           _human_bytes(r["bytes"]), str(r["edits"]), r["created"][:10], r["prompt"]))
     table = Table(box=None, pad_edge=False)
     columns = ("id", "name", "video", "kind", "size", "edits", "created", "prompt")
@@ -413,6 +415,8 @@ def list_(as_json: bool = typer.Option(False, "--json", help="One JSON array."))
         return
     out = _stdout()
     out.print(_list_table(rows, out.width))
+    if any(builtin.is_random(r["base"]) for r in rows):
+        out.print("* tuned on a built-in random base (random:…): its pictures are noise")
 
 
 def _sparkline(values: list[float], width: int = 40) -> str:
@@ -437,7 +441,8 @@ def _show_lines(a) -> list[str]:
         f"id        {a.id}", f"name      {a.name or ''}", f"prompt    {m.prompt}",
         f"source    {m.source.path} (frames {list(m.source.indices)})",
         f"video     {m.video.frames} frames, {m.video.width}×{m.video.height}, {m.video.fps:g} fps, {m.video.resize}",
-        f"base      {m.base.name}" + (f" @ {m.base.revision}" if m.base.revision else ""),
+        f"base      {m.base.name}" + (f" @ {m.base.revision}" if m.base.revision else "")
+        + (" (built-in random weights: its pictures are noise)" if builtin.is_random(m.base.name) else ""),
         f"adapter   {adapter}, {spec.attention} attention, {spec.norm} norm, {_human_bytes(a.size_bytes())}",
         f"tuning    {t.steps} steps, lr {t.lr}, seed {t.seed}" + (f", weight decay {t.weight_decay}"
                                                                    if t.weight_decay is not None else ""),
@@ -637,6 +642,21 @@ def invert(
         _stdout().print_json(json.dumps(kept.to_json()))
     else:
         typer.echo(kept.name)
+
+
+@app.command()
+@_errors
+def demo(
+    out_dir: Annotated[Path | None, typer.Option("--out-dir", help="Where the clip, the edits and the export go.",
+                                                 show_default="a new temporary folder")] = None,
+    store: Annotated[Path | None, typer.Option("--store", help="The store to use.",
+                                               show_default="a throwaway one in --out-dir")] = None,
+) -> None:
+    """Try tav with nothing to download: a synthetic clip tuned on the built-in random:tiny base, two edits,
+    list, export and import, each command shown as you would type it (under a minute on a CPU)."""
+    from tavcli.faces.demo import run
+
+    raise typer.Exit(run(app, out_dir, store))
 
 
 @app.command("store")

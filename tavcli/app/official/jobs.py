@@ -7,6 +7,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from tavcli.app import builtin
 from tavcli.app.jobs import identity, load_recorded_base, playback_fps, versions
 from tavcli.app.manifest import Inversion, Manifest, Origin, Provenance, Run, Source, Tuning, Video
 from tavcli.app.progress import Reporter, Stage
@@ -58,7 +59,7 @@ def import_official(job: ImportOfficialJob, store: Store, reporter: Reporter = R
                        "was tuned on")
     base_name = _official_base(job, training, reporter)
     reporter.stage(Stage.LOADING, base_name)
-    base = load_base(base_name, "cpu", "fp32", config=job.base_config)  # fp32: frozen weights compare exactly
+    base = load_base(builtin.locate(base_name), "cpu", "fp32", config=job.base_config)  # fp32: compare exactly
     inflate(base.unet, seed=0)
     state = to_adapter_state(run.state, base.unet, run.unet_config)
     latent = run.inv_latent
@@ -89,7 +90,7 @@ def import_official(job: ImportOfficialJob, store: Store, reporter: Reporter = R
                       fps=clip.fps if clip else None, frames=clip.source_frames if clip else None,
                       size=tuple(clip.source_size) if clip else None),
         video=Video(frames=frames, width=width, height=height, fps=fps, resize="squash"),
-        base=identity(base), adapter=AdapterSpec("full"),
+        base=identity(base, base_name), adapter=AdapterSpec("full"),
         tuning=Tuning(steps=training.max_train_steps if training else None,
                       lr=training.learning_rate if training else None, seed=training.seed if training else None),
         run=Run(device="official", dtype=str(next(iter(run.state.values())).dtype).removeprefix("torch.")),
