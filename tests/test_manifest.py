@@ -284,11 +284,13 @@ def test_a_re_import_does_not_repeat_the_edits_it_already_has(cli, old_home, tmp
 def test_list_fits_80_columns():
     rows = [{"short_id": "2e3c47eacab8", "name": "man-skiing-lora", "frames": 24, "width": 512, "height": 512,
              "adapter": "lora", "bytes": 12_345_678, "edits": 12, "created": "2026-12-02T15:23:43.516735Z",
-             "prompt": "a man is skiing down a snowy mountain on a sunny day, wide shot", "damaged": None},
-            {"short_id": "ffffffffffff", "bytes": 1000, "damaged": "unreadable"}]
+             "prompt": "a man is skiing down a snowy mountain on a sunny day, wide shot", "damaged": None,
+             "base": "random:tiny"},
+            {"short_id": "ffffffffffff", "bytes": 1000, "damaged": "unreadable", "base": None}]
     out = io.StringIO()
     Console(file=out, width=80).print(_list_table(rows, 80))
     lines = out.getvalue().splitlines()
     assert len(lines) == 3 and all(len(line) <= 80 for line in lines), lines
     assert lines[1].startswith("2e3c47eacab8") and "24×512×512" in lines[1] and "a man is" in lines[1]
+    assert "lora*" in lines[1]  # tuned on a built-in random base
     assert lines[2].startswith("ffffffffffff") and "damaged" in lines[2]
