@@ -49,7 +49,9 @@ def attach(unet: nn.Module, spec: AdapterSpec) -> list[nn.Parameter]:
     if spec.kind == AdapterKind.LORA:
         from peft import inject_adapter_in_model
 
-        inject_adapter_in_model(_lora_config(spec), unet)
+        with torch.random.fork_rng():  # LoRA A's random init: the same for the same seed, always
+            torch.manual_seed(spec.temporal_seed)
+            inject_adapter_in_model(_lora_config(spec), unet)
         for name, p in unet.named_parameters():
             p.requires_grad_("lora_" in name or name.endswith("attn_temp.to_out.0.base_layer.bias"))
     else:
