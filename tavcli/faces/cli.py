@@ -545,10 +545,6 @@ def _show_lines(a) -> list[str]:
         + (", low memory" if run.low_memory else "") + (", compiled" if run.compile else ""),
         f"inversion {inversion}",
     ]
-    for c in m.checkpoints:
-        lines.append(f"checkpoint step {c.step}, {_human_bytes(_bytes_under(m, c.folder + '/'))} ({c.folder}/)")
-    for p in m.previews:
-        lines.append(f"preview   step {p.step} {p.prompt!r}: {p.file}")
     if m.provenance.origin == "official":
         lines.append(f"imported  from {m.provenance.folder} (official Tune-A-Video)")
     if m.loss:
