@@ -116,14 +116,35 @@ def test_official_man_skiing_parses_into_the_exact_jobs(tmp_path):
     assert edit.settings.seed == 33 and edit.settings.negative_prompt == ""
     assert edit.frames is None  # video_length == n_sample_frames
 
-    assert len(config.warnings) == 1
-    warning = config.warnings[0]
+    # validation_steps: the validation prompts render as previews every 100 steps, as the official ones do
+    assert (job.preview.every, job.preview.prompts, job.preview.steps, job.preview.guidance) == (
+        100, edit.prompts, 50, 12.5)
+    assert job.checkpoint.every is None  # checkpointing_steps 1000 is past the 500 steps: none, officially too
+
+    assert len(config.warnings) == 2
+    warning, note = config.warnings
     assert warning.startswith("ignored keys that do not apply to tav: ")
-    for key in ("output_dir", "checkpointing_steps", "validation_steps", "use_8bit_adam",
-                "enable_xformers_memory_efficient_attention"):
+    for key in ("output_dir", "use_8bit_adam", "enable_xformers_memory_efficient_attention"):
         assert key in warning
-    for key in ("trainable_modules", "train_batch_size", "learning_rate", "seed", "mixed_precision"):
+    for key in ("trainable_modules", "train_batch_size", "learning_rate", "seed", "mixed_precision",
+                "checkpointing_steps", "validation_steps"):
         assert key not in warning
+    assert note == "checkpointing_steps 1000 is past max_train_steps 500: none are made, as in the official script"
+    assert not config.resume
+
+
+def test_official_checkpoints_and_resume_map(tmp_path):
+    config = official(tmp_path, **{"checkpointing_steps: 1000": "checkpointing_steps: 250\nresume_from_checkpoint: latest"})
+    assert config.tune.checkpoint.every == 250 and config.resume
+    message = config_error(write(tmp_path, MAN_SKIING.replace("checkpointing_steps: 1000",
+                                                              "resume_from_checkpoint: checkpoint-200")))
+    assert "config.yaml line 30: " in message and "resume_from_checkpoint 'checkpoint-200' is not supported" in message
+    # --steps 50 leaves validation_steps 100 nothing to do, as the official script would; --preview-every is a flag
+    shorter = apply_overrides(official(tmp_path), steps=50)
+    assert shorter.tune.preview.every is None and not shorter.tune.preview.prompts
+    assert shorter.warnings[-1] == "validation_steps 100 is past --steps 50: none are made, as in the official script"
+    with pytest.raises(BadInput, match=r"^--preview-every 60 is more than the 50 tuning steps; use 1 to 50$"):
+        apply_overrides(official(tmp_path), steps=50, preview_every=60)
 
 
 def test_official_defaults_are_the_official_scripts(tmp_path):
@@ -165,9 +186,9 @@ def test_trainable_modules_in_another_order_is_the_papers_set(tmp_path):
 def test_other_trainable_modules_and_batch_size_warn(tmp_path):
     config = official(tmp_path, **{'  - "attn_temp"\n': '  - "attn_temp"\n  - "to_k"\n',
                                    "train_batch_size: 1": "train_batch_size: 4"})
-    assert len(config.warnings) == 2
+    assert len(config.warnings) == 3  # and checkpointing_steps past max_train_steps
     assert "train_batch_size (1 is the only value)" in config.warnings[0]
-    note = config.warnings[1]
+    note = config.warnings[2]
     assert "trainable_modules" in note and "to_k" in note
     assert "attn1.to_q, attn2.to_q and attn_temp regardless" in note
     assert config.tune.tuning.steps == 500  # still parsed
@@ -250,10 +271,10 @@ def test_official_unknown_key_is_an_error(tmp_path):
 
 def test_apply_overrides_changes_only_the_given_fields(tmp_path):
     config = official(tmp_path)
-    changed = apply_overrides(config, steps=10, video="other.mp4", prompt=None, frames=None)
-    assert changed.tune.tuning.steps == 10
+    changed = apply_overrides(config, steps=200, video="other.mp4", prompt=None, frames=None)
+    assert changed.tune.tuning.steps == 200
     assert changed.tune.video == Path("other.mp4")
-    expected = replace(config.tune, video=Path("other.mp4"), tuning=replace(config.tune.tuning, steps=10))
+    expected = replace(config.tune, video=Path("other.mp4"), tuning=replace(config.tune.tuning, steps=200))
     assert changed.tune == expected
     assert changed.edits == config.edits and changed.warnings == config.warnings and changed.source == "official"
     assert config.tune.tuning.steps == 500  # the original is untouched

@@ -90,7 +90,7 @@ def test_a_new_option_reaches_the_job_from_yaml_flag_and_default(tmp_path, monke
     class Stop(Exception):
         pass
 
-    def capture(job, store, reporter):
+    def capture(job, store, reporter, **kwargs):
         seen.append(job)
         raise Stop
 
@@ -132,7 +132,7 @@ def test_build_names_a_missing_required_option_by_its_place():
 
 def test_a_bug_is_an_internal_error_not_bad_input(tmp_path, monkeypatch):
     """A ValueError from a library or from tav's own code is not the user's input: exit 1, and say how to see it."""
-    def broken(job, store, reporter):
+    def broken(job, store, reporter, **kwargs):
         raise ValueError("something deep inside")
 
     monkeypatch.setattr(jobs, "tune", broken)
@@ -142,6 +142,6 @@ def test_a_bug_is_an_internal_error_not_bad_input(tmp_path, monkeypatch):
     assert r.exit_code == 1
     assert r.stderr.strip() == ("tav: internal error: ValueError: something deep inside (a bug; TAV_DEBUG=1 shows "
                                 "the traceback, please report it)")
-    monkeypatch.setattr(jobs, "tune", lambda *a: (_ for _ in ()).throw(BadInput("bad clip; give another")))
+    monkeypatch.setattr(jobs, "tune", lambda *a, **k: (_ for _ in ()).throw(BadInput("bad clip; give another")))
     r = CliRunner().invoke(app, ["tune", "clip.mp4", "a man is skiing", "-q"])
     assert r.exit_code == 2 and r.stderr.strip() == "tav: error: bad clip; give another"

@@ -67,10 +67,12 @@ class LoadedConfig:
     edit_options: list[Options] = field(default_factory=list, repr=False, compare=False)
     check: Callable[[TuneJob, list[EditJob], list[Options]], None] | None = field(default=None, repr=False,
                                                                                 compare=False)
+    resume: bool = False  # continue the latest stopped run of this config (official resume_from_checkpoint)
 
     @classmethod
     def of(cls, tune: Options, edits: list[Options], warnings: list[str], source: str,
-           check: Callable[[TuneJob, list[EditJob], list[Options]], None] | None = None) -> LoadedConfig:
+           check: Callable[[TuneJob, list[EditJob], list[Options]], None] | None = None,
+           resume: bool = False) -> LoadedConfig:
         """Build the jobs; `check` is the format's own rule between the tune and its edits."""
         from tavcli.app.jobs import edit_job, tune_job
 
@@ -83,7 +85,7 @@ class LoadedConfig:
         edits = [Options({k: v for k, v in o.values.items() if k != "frames"}, o.where) if e.frames == tuned else o
                  for e, o in zip(edit_built, edits)]
         edit_built = [e.replace(frames=None) if e.frames == tuned else e for e in edit_built]
-        return cls(tune_built, edit_built, warnings, source, tune, edits, check)
+        return cls(tune_built, edit_built, warnings, source, tune, edits, check, resume)
 
 
 def edits_options(tune: Options) -> Options:
@@ -306,7 +308,13 @@ def apply_overrides(config: LoadedConfig, **flags: Any) -> LoadedConfig:
         return config
     shared = edits_options(given)
     edits = [shared.over(e) for e in config.edit_options]
-    return LoadedConfig.of(given.over(config.tune_options), edits, config.warnings, config.source, config.check)
+    tune, warnings = given.over(config.tune_options), config.warnings
+    if config.source == "official":
+        from tavcli.app.official.config import fit_to_steps
+
+        tune, notes = fit_to_steps(tune, given)
+        warnings = warnings + notes
+    return LoadedConfig.of(tune, edits, warnings, config.source, config.check, config.resume)
 
 
 def from_flags(**flags: Any) -> LoadedConfig:

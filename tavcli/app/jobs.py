@@ -26,9 +26,11 @@ from tavcli.app import builtin, caches
 from tavcli.app.progress import Reporter, Stage
 from tavcli.app.manifest import (
     BaseIdentity,
+    Checkpoint,
     EditRecord,
     Inversion,
     Manifest,
+    Preview,
     Run,
     Source,
     Tuning,
@@ -37,10 +39,11 @@ from tavcli.app.manifest import (
 )
 from tavcli.app.store import Artifact, Store
 from tavcli.engine.runtime import Runtime
-from tavcli.errors import BadInput
+from tavcli.errors import BadInput, Interrupted, SettingError
 from tavcli.method.params import (
     DEFAULT_BASE,
     DEFAULT_CLIP,
+    MAX_STEPS,
     AdapterSpec,
     EditSettings,
     FrameSampling,
@@ -53,11 +56,47 @@ from tavcli.settings import Mode, Settings, build, nested, setting
 if TYPE_CHECKING:
     import numpy as np
 
+    from tavcli.app.runs import ActiveRun
+
 
 class Format(Mode):
     MP4 = "mp4"
     GIF = "gif"
     PNG = "png"  # a folder of numbered frames
+
+
+@dataclass(frozen=True)
+class PreviewSettings(Settings):
+    """Videos rendered while tuning with the model as it is then, as the official validation does every
+    `validation_steps`: DDIM inversion of the clip with the current model, then guided sampling."""
+
+    prompts: tuple[str, ...] = setting((), "A prompt to render while tuning (repeat for more); each preview is "
+                                           "written at once and kept with the artifact.", option="preview",
+                                       default_text="none")
+    every: int | None = setting(None, "Render the previews every N steps.", option="preview_every", min=1,
+                                default_text="at the last step")
+    steps: int = setting(50, "DDIM steps of a preview's inversion and of its sampling (the official 50).",
+                         option="preview_steps", min=1, max=MAX_STEPS)
+    guidance: float = setting(12.5, "Guidance scale of the previews (the official configs' 12.5).",
+                              option="preview_guidance")
+
+    def check(self) -> None:
+        if any(not p.strip() for p in self.prompts):
+            raise SettingError("preview", "is empty; give each preview a text, e.g. --preview \"a panda is skiing\"")
+
+    def due(self, step: int, steps: int) -> bool:
+        return bool(self.prompts) and step > 0 and (step % self.every == 0 if self.every else step == steps)
+
+
+@dataclass(frozen=True)
+class CheckpointSettings(Settings):
+    """Adapters kept at steps N, 2N, ... besides the final one; the tune can be resumed from each."""
+
+    every: int | None = setting(None, "Keep the adapter every N steps (in the artifact) and the run's state to "
+                                      "resume from.", option="checkpoint_every", min=1, default_text="none")
+
+    def due(self, step: int) -> bool:
+        return self.every is not None and step > 0 and step % self.every == 0
 
 
 @dataclass(frozen=True)
@@ -74,10 +113,19 @@ class TuneJob(Settings):
     adapter: AdapterSpec = nested(AdapterSpec)
     tuning: TuneSettings = nested(TuneSettings)
     inversion: InversionSettings = nested(InversionSettings)
+    preview: PreviewSettings = nested(PreviewSettings)
+    checkpoint: CheckpointSettings = nested(CheckpointSettings)
     runtime: Runtime = nested(Runtime)
 
     def check(self) -> None:
         builtin.check(self.base)
+        steps = self.tuning.steps
+        for option, every in (("preview_every", self.preview.every), ("checkpoint_every", self.checkpoint.every)):
+            if every is not None and every > steps:
+                raise SettingError(option, f"{every} is more than the {steps} tuning steps; use 1 to {steps}"
+                                   if steps else f"{every} needs tuning steps; there are none")
+        if self.preview.every is not None and not self.preview.prompts:
+            raise SettingError("preview_every", "has nothing to render; add --preview PROMPT")
 
 
 @dataclass(frozen=True)
@@ -182,33 +230,79 @@ def playback_fps(indices: tuple[int, ...], fps: float) -> float:
     return max(1.0, round(fps * (len(indices) - 1) / (indices[-1] - indices[0]), 3))
 
 
-def tune(job: TuneJob, store: Store, reporter: Reporter = Reporter()) -> Artifact:
-    """Read the clip, tune, invert it once, and store adapter + inversion + source as one artifact."""
-    from safetensors.torch import save_file
+def tune(job: TuneJob, store: Store, reporter: Reporter = Reporter(), run: ActiveRun | None = None,
+         config: Path | None = None) -> Artifact:
+    """Read the clip, tune, invert it once, and store adapter + inversion + source as one artifact.
 
-    from tavcli.method.models import load_base, sha256_file
+    The tune is a run (`tavcli.app.runs`) until the artifact is committed: `run` continues a stopped one
+    (`tav resume`), else a new one is started (of `config`, when the job came from one). SIGINT or SIGTERM
+    stops it at the next step with its state saved, raising Interrupted that names `tav resume RUN`.
+    """
+    from tavcli.app.runs import Runs, Stopped, stopping
+    from tavcli.method.models import load_base
     from tavcli.method.pipeline import TuneAVideo
-    from tavcli.method.video import read_video, write_video
+    from tavcli.method.video import read_video
 
-    store.check_name(job.name)
-    clip = read_video(job.video, job.sampling, job.size.width, job.size.height, job.size.resize)
-    if job.runtime.compile:
-        caches.use_compile_cache()
-    reporter.stage(Stage.LOADING, job.base)
-    base = load_base(builtin.locate(job.base), job.runtime.device, job.runtime.dtype, config=job.base_config)
+    run = run or Runs(store).start(job, config)
+    try:
+        store.check_name(job.name)
+        clip = read_video(job.video, job.sampling, job.size.width, job.size.height, job.size.resize)
+        if job.runtime.compile:
+            caches.use_compile_cache()
+        reporter.stage(Stage.LOADING, job.base)
+        base = load_base(builtin.locate(job.base), job.runtime.device, job.runtime.dtype, config=job.base_config)
+        tav = TuneAVideo.create(base, job.adapter)
+        saved = run.load_state()
+        if saved:
+            tav.load_weights(saved[0])
+        started = time.perf_counter()
+        with stopping() as stop:
+            hook = _Between(job, run, tav, clip, reporter, stop)
+            try:
+                artifact = _tune_invert_commit(job, store, reporter, run, tav, clip, base, hook, saved, started)
+            except Stopped:
+                if hook.loop is not None:
+                    run.data["seconds"] = round(time.perf_counter() - started + run.data.get("seconds", 0.0), 2)
+                    run.save_state(hook.loop, lambda folder: tav.save_adapter(folder, _fp32()))
+                raise Interrupted(f"interrupted at step {run.step} of {job.tuning.steps}; `tav resume {run.id}` "
+                                  "continues it") from None
+    except BaseException:
+        run.close()  # a run with a saved state stays, to resume from it
+        raise
+    run.finish(artifact.id)
+    return artifact
+
+
+def _tune_invert_commit(job: TuneJob, store: Store, reporter: Reporter, run: ActiveRun, tav, clip, base, hook,
+                        saved, started: float) -> Artifact:
     recorded_base = identity(base, job.base)
-    tav = TuneAVideo.create(base, job.adapter)
-    started = time.perf_counter()
     reporter.stage(Stage.TUNING, total=job.tuning.steps)
-    losses = tav.tune(clip.frames, job.prompt, job.tuning, callback=lambda i, loss: reporter.step(i, float(loss)),
-                      runtime=job.runtime)
+    losses = tav.tune(clip.frames, job.prompt, job.tuning, callback=hook.step, runtime=job.runtime, between=hook,
+                      resume=saved[1] if saved else None, park=not job.preview.prompts)
+    hook.stop.check()
     tav.for_inference()
     reporter.stage(Stage.INVERTING, total=job.inversion.steps)
-    noise = tav.invert(clip.frames, job.inversion.steps, callback=reporter.step, runtime=job.runtime)
-    seconds = round(time.perf_counter() - started, 2)
+    noise = tav.invert(clip.frames, job.inversion.steps, callback=lambda i: (reporter.step(i), hook.stop.check()),
+                       runtime=job.runtime)
+    seconds = round(time.perf_counter() - started + run.data.get("seconds", 0.0), 2)
+    manifest = _tune_manifest(job, clip, recorded_base, base, seconds, losses, run)
+    reporter.stage(Stage.SAVING)
+    return _commit(store, tav, noise, clip, manifest, run)
+
+
+def _fp32():
+    import torch
+
+    return torch.float32
+
+
+def _tune_manifest(job: TuneJob, clip, recorded_base: BaseIdentity, base, seconds: float, losses: list[float],
+                   run: ActiveRun) -> Manifest:
+    from tavcli.method.models import sha256_file
+
     fps = playback_fps(clip.indices, clip.fps)
     video = Path(job.video)
-    manifest = Manifest(
+    return Manifest(
         name=job.name, prompt=job.prompt,
         source=Source(path=str(video.resolve()), sha256=sha256_file(video) if video.is_file() else None,
                       indices=clip.indices, fps=clip.fps, frames=clip.source_frames, size=tuple(clip.source_size)),
@@ -221,13 +315,84 @@ def tune(job: TuneJob, store: Store, reporter: Reporter = Reporter()) -> Artifac
         inversion=Inversion(steps=job.inversion.steps),
         loss=tuple(round(x, 6) for x in losses),
         versions=versions(),
+        checkpoints=tuple(Checkpoint(**c) for c in sorted(run.data["checkpoints"], key=lambda c: c["step"])),
+        previews=tuple(Preview(**p) for p in sorted(run.data["previews"], key=lambda p: p["step"])),
     )
-    reporter.stage(Stage.SAVING)
+
+
+def _commit(store: Store, tav, noise, clip, manifest: Manifest, run: ActiveRun) -> Artifact:
+    from safetensors.torch import save_file
+
+    from tavcli.method.video import write_video
+
     with store.staging() as stage:
         tav.save_adapter(stage / "adapter")
         save_file({"latents": noise.float().cpu().contiguous()}, stage / "inversion.safetensors")
-        write_video(stage / "source.mp4", clip.frames, fps)
+        write_video(stage / "source.mp4", clip.frames, manifest.video.fps)
+        run.link_into(stage)
         return store.commit(stage, manifest.to_json())
+
+
+class _Between:
+    """What a tune does between two steps: report the loss, keep a checkpoint (and the run's state), render
+    the previews, and stop when asked. Each is done once per step: a resumed run catches up on the step
+    it stopped at."""
+
+    def __init__(self, job: TuneJob, run: ActiveRun, tav, clip, reporter: Reporter, stop):
+        self.job, self.run, self.tav, self.clip, self.reporter, self.stop = job, run, tav, clip, reporter, stop
+        self.loop = None
+        self.loss: float | None = None
+        self.render = None  # the previewer, made at the first preview
+        self.fps = playback_fps(clip.indices, clip.fps)
+        self.files = _preview_names(job.preview.prompts)
+
+    def step(self, i: int, loss) -> None:
+        self.loss = float(loss)
+        self.reporter.step(i, self.loss)
+
+    def __call__(self, loop) -> None:
+        self.loop = loop
+        self.stop.check()
+        k = loop.step
+        if self.job.checkpoint.due(k) and not self.run.has_checkpoint(k):
+            with loop.fp32_weights():
+                self.run.add_checkpoint(k, lambda folder: self.tav.save_adapter(folder))
+            self.run.save_state(loop, lambda folder: self.tav.save_adapter(folder, _fp32()))
+        if self.job.preview.due(k, self.job.tuning.steps):
+            for i, prompt in enumerate(self.job.preview.prompts):
+                if not self.run.has_preview(k, prompt):
+                    self._preview(loop, k, i, prompt)
+
+    def _preview(self, loop, k: int, i: int, prompt: str) -> None:
+        from tavcli.method.video import write_video
+
+        p = self.job.preview
+        if self.render is None:
+            self.render = self.tav.previewer(self.clip.frames, list(p.prompts), p.steps, p.guidance)
+        total = 2 * p.steps
+        loss = "" if self.loss is None else f"loss {self.loss:.4f}, "
+
+        def progress(j: int) -> None:
+            self.reporter.detail(f"{loss}preview {j + 1}/{total}: {prompt}")
+            self.stop.check()
+
+        with loop.paused():
+            video = self.render(i, progress)
+        path = self.run.add_preview(k, prompt, f"previews/step-{k:06d}-{self.files[i]}.mp4",
+                                    lambda f: write_video(f, video, self.fps))
+        self.reporter.log(f"preview at step {k}: {path}")
+
+
+def _preview_names(prompts: tuple[str, ...]) -> list[str]:
+    """A file name for each preview prompt: its slug, numbered where two prompts give the same one."""
+    names: list[str] = []
+    for prompt in prompts:
+        name, n = _slug(prompt), 1
+        while name in names:
+            n += 1
+            name = f"{_slug(prompt)}-{n}"
+        names.append(name)
+    return names
 
 
 def identity(base, name: str | None = None) -> BaseIdentity:

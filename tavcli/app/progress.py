@@ -32,4 +32,7 @@ class Reporter:
 
     def step(self, i: int, loss: float | None = None) -> None: ...
 
+    def detail(self, text: str) -> None:
+        """What the current stage is doing beside its count (the preview rendering while tuning)."""
+
     def log(self, message: str) -> None: ...

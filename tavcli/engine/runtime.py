@@ -116,6 +116,19 @@ class MasterWeights:
 
         torch._foreach_copy_([p.data for p in self.params], [m.data for m in self.masters])
 
+    @contextlib.contextmanager
+    def swapped_in(self):
+        """The fp32 masters in the params for a while (to save them), then the params' own tensors back:
+        the same storage, so a CUDA graph captured on them still reads them."""
+        kept = [p.data for p in self.params]
+        for m, p in zip(self.masters, self.params):
+            p.data = m.data
+        try:
+            yield
+        finally:
+            for p, data in zip(self.params, kept):
+                p.data = data
+
     def restore(self) -> None:
         """Leave the fp32 result in the model, as if it had trained in fp32."""
         for m, p in zip(self.masters, self.params):

@@ -24,7 +24,7 @@ from tavcli.app.jobs import EditJob, ScoreJob, TuneJob
 from tavcli.app.manifest import Manifest, edits_of
 from tavcli.app.progress import Stage
 from tavcli.engine.runtime import Runtime
-from tavcli.errors import EXIT_FAILURE, EXIT_INTERRUPTED, BadInput, TavError, exit_code
+from tavcli.errors import EXIT_FAILURE, EXIT_INTERRUPTED, BadInput, Interrupted, TavError, exit_code
 from tavcli.faces.bench import BenchSettings
 from tavcli.settings import options
 
@@ -111,6 +111,9 @@ def _errors(fn):
         except KeyboardInterrupt:
             _stderr().print("tav: interrupted; the store is as it was")
             raise typer.Exit(EXIT_INTERRUPTED)
+        except Interrupted as e:  # a stopped tune: the message says how to continue it
+            _stderr().print(f"tav: {_first_line(e)}", markup=False)
+            raise typer.Exit(EXIT_INTERRUPTED)
         except TavError as e:  # the one place tav's errors become exit codes
             if os.environ.get("TAV_DEBUG"):
                 raise
@@ -168,6 +171,10 @@ class _Progress:
         if self.bar and self.task is not None:
             self.bar.update(self.task, completed=i + 1, info="" if loss is None else f"loss {loss:.4f}")
 
+    def detail(self, text: str) -> None:
+        if self.bar and self.task is not None:
+            self.bar.update(self.task, info=text)
+
     def log(self, message: str) -> None:
         if not self.quiet:
             self.console.print(f"tav: {message}", markup=False)
@@ -186,11 +193,17 @@ def _artifact_summary(a) -> dict:
         "frames": m.video.frames, "width": m.video.width, "height": m.video.height,
         "base": m.base.name, "adapter": str(m.adapter.kind), "bytes": a.size_bytes(),
         "created": a.created, "edits": len(edits_of(a)), "path": str(a.path), "damaged": None,
+        "checkpoints": [c.step for c in m.checkpoints], "checkpoint_bytes": _bytes_under(m, "checkpoints/"),
+        "previews": len(m.previews),
     }
 
 
+def _bytes_under(m: Manifest, prefix: str) -> int:
+    return sum(meta.get("bytes", 0) for rel, meta in m.files.items() if rel.startswith(prefix))
+
+
 _SUMMARY_KEYS = ("id", "short_id", "name", "prompt", "source", "frames", "width", "height", "base", "adapter", "bytes",
-                 "created", "edits", "path", "damaged")
+                 "created", "edits", "path", "damaged", "checkpoints", "checkpoint_bytes", "previews")
 
 
 def _damaged_summary(d) -> dict:
@@ -249,6 +262,11 @@ def tune(
     attention: Annotated[str | None, _option(TuneJob, "attention")] = None,
     seed: Annotated[int | None, _option(TuneJob, "seed")] = None,
     low_memory: Annotated[bool | None, _option(TuneJob, "low_memory")] = None,
+    preview: Annotated[list[str] | None, _option(TuneJob, "preview")] = None,
+    preview_every: Annotated[int | None, _option(TuneJob, "preview_every")] = None,
+    preview_steps: Annotated[int | None, _option(TuneJob, "preview_steps")] = None,
+    preview_guidance: Annotated[float | None, _option(TuneJob, "preview_guidance")] = None,
+    checkpoint_every: Annotated[int | None, _option(TuneJob, "checkpoint_every")] = None,
     compile: Compile = None,
     device: Device = None,
     dtype: Dtype = None,
@@ -256,32 +274,109 @@ def tune(
     as_json: Json = False,
     quiet: Quiet = False,
 ) -> None:
-    """Tune on one clip; store the adapter and the clip's inversion; print the artifact's id."""
+    """Tune on one clip; store the adapter and the clip's inversion; print the artifact's id.
+
+    Ctrl-C (or SIGTERM) stops at the next step and keeps the run: `tav resume` continues it."""
     from tavcli.app.configs import apply_overrides, from_flags, load_config
-    from tavcli.app.jobs import edit as run_edit
-    from tavcli.app.jobs import tune as run_tune
+    from tavcli.app.runs import Runs, flat_options
 
     if config is None and (video is None or prompt is None):
         raise BadInput("give VIDEO and PROMPT (e.g. tav tune clip.mp4 \"a man is skiing\"), or --config FILE.yaml")
     flags = _flags(locals(), TuneJob)
     loaded = apply_overrides(load_config(config), **flags) if config else from_flags(**flags)
     store = _store()
+    notes, run = [f"warning: {w}" for w in loaded.warnings], None
+    if loaded.resume:  # an official config's resume_from_checkpoint: latest
+        found = Runs(store).latest_of(config)
+        if found is None:
+            notes.append(f"resume_from_checkpoint: no stopped run of {config}; tuning starts afresh")
+        else:
+            run = Runs(store).take(found)
+            notes.append(f"resuming run {run.id} at step {run.step} (resume_from_checkpoint: latest)")
+    resumed = run is not None
+    if run is None:
+        run = Runs(store).start(loaded.tune, config, [flat_options(e) for e in loaded.edits], out_dir)
+    _tune_and_edit(store, run, _job_of(run) if resumed else loaded.tune, loaded.edits, out_dir, notes, as_json,
+                   quiet)
+
+
+def _job_of(run) -> TuneJob:
+    from tavcli.app.jobs import tune_job
+
+    return tune_job(run.data["job"], {"*": f"run {run.id}"})
+
+
+def _tune_and_edit(store, run, job: TuneJob, edits: list, out_dir: Path, notes: list[str], as_json: bool,
+                   quiet: bool) -> None:
+    """Tune (a new run or a resumed one), then run the config's edits; print the id and the edits' paths."""
+    from tavcli.app.jobs import edit as run_edit
+    from tavcli.app.jobs import tune as run_tune
+
     outputs = []
-    with _Progress(quiet) as progress:
-        for warning in loaded.warnings:
-            progress.log(f"warning: {warning}")
-        artifact = run_tune(loaded.tune, store, progress)
-        loss = Manifest.of(artifact).loss
+    try:
+        progress = _Progress(quiet)  # imports the model libraries: seconds, in which a Ctrl-C may come
+    except BaseException:
+        run.close()
+        raise
+    with progress:
+        for note in notes:
+            progress.log(note)
+        artifact = run_tune(job, store, progress, run=run)
+        m = Manifest.of(artifact)
         progress.log(f"stored {artifact.short_id}" + (f" ({artifact.name})" if artifact.name else "")
-                     + (f"; loss {loss[0]:.4f} -> {loss[-1]:.4f}" if loss else ""))
-        for job in loaded.edits:
-            outputs += [r.path for r in run_edit(job.replace(ref=artifact.id, out_dir=out_dir), store, progress)]
+                     + (f"; loss {m.loss[0]:.4f} -> {m.loss[-1]:.4f}" if m.loss else ""))
+        for edit_job in edits:
+            outputs += [r.path for r in run_edit(edit_job.replace(ref=artifact.id, out_dir=out_dir), store, progress)]
     if as_json:
         _stdout().print_json(json.dumps(_artifact_summary(artifact) | {"edit_outputs": [str(p) for p in outputs]}))
     else:
         typer.echo(artifact.short_id)
         for path in outputs:
             typer.echo(str(path))
+
+
+@app.command()
+@_errors
+def resume(
+    run: Annotated[str | None, typer.Argument(help="A run's id (or a unique prefix of it).",
+                                              show_default="the latest stopped run")] = None,
+    list_runs: Annotated[bool, typer.Option("--list", help="List the runs that can be resumed.")] = False,
+    discard: Annotated[bool, typer.Option("--discard", help="Remove RUN (its saved state, checkpoints and "
+                                          "previews) instead of continuing it.")] = False,
+    as_json: Json = False,
+    quiet: Quiet = False,
+) -> None:
+    """Continue a tune that was stopped (Ctrl-C, SIGTERM, a crash): to the same adapter as if it never was."""
+    from tavcli.app.jobs import edit_job
+    from tavcli.app.runs import Runs
+
+    runs = Runs(_store())
+    if list_runs:
+        rows = [r.summary() for r in runs.list()]
+        if as_json:
+            _stdout().print_json(json.dumps(rows))
+        else:
+            for r in rows:
+                typer.echo(f"{r['id']}\t{r['status']}\tstep {r['step']}/{r['steps']}\t{_human_bytes(r['bytes'])}"
+                           f"\t{(r['updated'] or '')[:19]}\t{r['name'] or r['prompt']}")
+        return
+    if discard and run is None:
+        raise BadInput("--discard needs the RUN to remove; `tav resume --list` shows the runs")
+    found = runs.resolve(run)
+    if discard:
+        runs.discard(found)
+        typer.echo(found.id)
+        return
+    active = runs.take(found)
+    try:
+        job = _job_of(active)
+        edits = [edit_job({"ref": "", **e}, {"*": f"run {active.id}"}) for e in active.data.get("edits", [])]
+    except BaseException:
+        active.release()
+        raise
+    out_dir = Path(active.data.get("out_dir") or ".")
+    _tune_and_edit(runs.store, active, job, edits, out_dir, [f"resuming run {active.id} at step {active.step}"],
+                   as_json, quiet)
 
 
 def _read_prompts(prompts: list[str] | None, prompts_file: str | None) -> list[str]:
@@ -663,12 +758,20 @@ def demo(
 @_errors
 def store_info(as_json: bool = typer.Option(False, "--json")) -> None:
     """Where the store lives and how big it is ($TAV_HOME overrides the location)."""
-    info = _store().info()
+    from tavcli.app.runs import Runs
+
+    store = _store()
+    info = store.info()
+    runs = [r.summary() for r in Runs(store).list()]
+    info |= {"runs": runs}
     if as_json:
         _stdout().print_json(json.dumps(info))
     else:
+        stopped = [r for r in runs if r["status"] == "stopped"]
         typer.echo(f"{info['root']}\t{info['artifacts']} artifacts\t{_human_bytes(info['bytes'])}"
-                   + (f"\t{info['damaged']} damaged (see `tav list`)" if info["damaged"] else ""))
+                   + (f"\t{info['damaged']} damaged (see `tav list`)" if info["damaged"] else "")
+                   + (f"\t{len(stopped)} stopped run{'s' if len(stopped) != 1 else ''}, "
+                      f"{_human_bytes(sum(r['bytes'] for r in stopped))} (`tav resume --list`)" if stopped else ""))
 
 
 @app.command()

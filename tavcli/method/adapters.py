@@ -49,7 +49,9 @@ def attach(unet: nn.Module, spec: AdapterSpec) -> list[nn.Parameter]:
     if spec.kind == AdapterKind.LORA:
         from peft import inject_adapter_in_model
 
-        inject_adapter_in_model(_lora_config(spec), unet)
+        with torch.random.fork_rng():  # LoRA A's random init: the same for the same seed, always
+            torch.manual_seed(spec.temporal_seed)
+            inject_adapter_in_model(_lora_config(spec), unet)
         for name, p in unet.named_parameters():
             p.requires_grad_("lora_" in name or name.endswith("attn_temp.to_out.0.base_layer.bias"))
     else:
@@ -122,6 +124,29 @@ def read_spec(folder: str | Path) -> AdapterSpec:
         raise Corrupt(f"{Path(folder) / WEIGHTS_NAME} is not a tav adapter (no {e} in its header)") from e
 
 
+def load_into(unet: nn.Module, spec: AdapterSpec, folder: str | Path) -> None:
+    """Copy a saved adapter's tensors into a UNet already inflated and attached for `spec` (in place, in the
+    trained tensors' fp32): a tune continues from them."""
+    folder = Path(folder)
+    stored = read_spec(folder)
+    if stored != spec:
+        raise Corrupt(f"{folder} holds a {stored.kind} adapter of another spec than this tune's")
+    tensors = load_file(folder / WEIGHTS_NAME, device=str(unet.conv_in.weight.device))
+    unexpected = _copy_in(unet, spec, tensors)
+    missing = set(adapter_state(unet, spec)) - set(tensors)
+    if unexpected or missing:
+        raise Corrupt(f"{folder} does not fit this tune: {len(unexpected)} unknown and {len(missing)} missing tensors")
+
+
+def _copy_in(unet: nn.Module, spec: AdapterSpec, tensors: dict[str, torch.Tensor]) -> list[str]:
+    """Copy the tensors into the attached UNet's own (in place); the keys it does not know."""
+    if spec.kind == AdapterKind.LORA:
+        from peft import set_peft_model_state_dict
+
+        return list(set_peft_model_state_dict(unet, tensors).unexpected_keys or [])
+    return list(unet.load_state_dict(tensors, strict=False).unexpected_keys)
+
+
 def load_adapter(unet: nn.Module, folder: str | Path) -> AdapterSpec:
     """Apply a saved adapter to a freshly inflated UNet; returns its spec."""
     folder = Path(folder)
@@ -130,12 +155,7 @@ def load_adapter(unet: nn.Module, folder: str | Path) -> AdapterSpec:
     try:
         init_temporal(unet, spec.temporal_seed)
         attach(unet, spec)  # LoRA layers where a LoRA adapter needs them; tuned tensors in fp32
-        if spec.kind == AdapterKind.LORA:
-            from peft import set_peft_model_state_dict
-
-            unexpected = list(set_peft_model_state_dict(unet, tensors).unexpected_keys or [])
-        else:
-            unexpected = list(unet.load_state_dict(tensors, strict=False).unexpected_keys)
+        unexpected = _copy_in(unet, spec, tensors)
     except (AttributeError, RuntimeError) as e:  # no temporal layers, or tensors of other shapes
         raise Corrupt(f"{folder} does not fit this UNet ({str(e).splitlines()[0]}); "
                            "is the base the one it was tuned on?") from e

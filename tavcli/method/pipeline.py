@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ from tavcli.method import adapters, ddim
 from tavcli.method.attention import inflate
 from tavcli.method.models import Base, decode_latents, encode_frames, encode_prompts, encoders_parked
 from tavcli.method.params import AdapterSpec, Attention, EditSettings, TuneSettings
-from tavcli.method.tuning import ClipLatents, tune
+from tavcli.method.tuning import ClipLatents, Loop, TuneState, tune
 
 
 @dataclass
@@ -83,16 +84,45 @@ class TuneAVideo:
         return encode_frames(self.base, frames)
 
     def tune(self, frames: np.ndarray, caption: str, settings: TuneSettings = TuneSettings(),
-             callback: Callable[[int, torch.Tensor], None] | None = None, runtime: Runtime = Runtime()) -> list[float]:
-        """One-shot tuning on uint8 frames (F, H, W, 3); returns the loss of each step."""
+             callback: Callable[[int, torch.Tensor], None] | None = None, runtime: Runtime = Runtime(),
+             between: Callable[[Loop], None] | None = None, resume: TuneState | None = None,
+             park: bool = True) -> list[float]:
+        """One-shot tuning on uint8 frames (F, H, W, 3); returns the loss of each step.
+
+        `between` and `resume` are `tuning.tune`'s (a resumed tune's weights are loaded first, with
+        `load_weights`); `park=False` keeps the VAE and text encoder on the device (previews decode).
+        """
         if runtime.compile:
             self.compile()
         mean, std = self.latents(frames)
         clip = ClipLatents(mean, std, encode_prompts(self.base, [caption]))
         alphas = _alphas_cumprod(self.base.scheduler_config)
-        with encoders_parked(self.base):
+        with encoders_parked(self.base) if park else contextlib.nullcontext():
             return tune(self.unet, self.params, clip, alphas, settings,
-                        self.base.scheduler_config.get("prediction_type", "epsilon"), callback, runtime)
+                        self.base.scheduler_config.get("prediction_type", "epsilon"), callback, runtime,
+                        between, resume)
+
+    def load_weights(self, folder: str | Path) -> None:
+        """The tuned tensors of a saved adapter of this spec into this (trainable) model: a resumed tune."""
+        adapters.load_into(self.unet, self.spec, folder)
+
+    def previewer(self, frames: np.ndarray, prompts: list[str], steps: int = 50,
+                  guidance: float = 12.5) -> Callable[..., np.ndarray]:
+        """`render(i, callback)`: prompt i's video with the model as it is then, as the official validation
+        samples mid-tune: DDIM inversion of the clip (`steps`, empty prompt), then guided DDIM sampling.
+        The clip and the prompts are encoded now, once; `callback` counts 2 x `steps` UNet steps."""
+        mean, _ = self.latents(frames)
+        empty, texts = encode_prompts(self.base, [""]), encode_prompts(self.base, prompts)
+        schedule = ddim.ddim_schedule(self.base.scheduler_config, steps)
+
+        def render(i: int, callback: Callable[[int], None] | None = None) -> np.ndarray:
+            denoise = ddim.Denoiser(self.unet, cuda_graphs=False)  # mid-tune: no captures of its own
+            later = None if callback is None else (lambda j: callback(steps + j))
+            noise = ddim.invert(denoise, mean, empty, schedule, callback)
+            latents = ddim.sample(denoise, noise, texts[i:i + 1], empty, schedule, guidance, later)
+            return decode_latents(self.base, latents)[0]
+
+        return render
 
     def invert(self, frames: np.ndarray, steps: int = 50, callback: Callable[[int], None] | None = None,
                runtime: Runtime = Runtime()) -> torch.Tensor:

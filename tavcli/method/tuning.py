@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -93,6 +94,78 @@ def train_step(unet: nn.Module, clip: ClipLatents, noise: StepNoise, alphas: tor
 GRAPH_WARMUP = 3  # eager steps before the capture: lazy inits, cuDNN autotuning, the allocator settling
 
 
+@dataclass
+class TuneState:
+    """A tune after `step` steps, besides its weights (an adapter, saved in fp32): what continues it bit for
+    bit. `optimizer` is AdamW's `state_dict()` (CPU tensors), `generator` the step noise generator's state.
+    """
+
+    step: int
+    optimizer: dict
+    generator: torch.Tensor
+    losses: list[float]
+
+
+class Loop:
+    """The tuning loop between two steps, as `tune`'s `between` hook sees it: how far it is, its state, and
+    the model ready for something else (a preview) without changing what the next step computes."""
+
+    def __init__(self, unet: nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator,
+                 masters: MasterWeights | None, losses: list[torch.Tensor]):
+        self.unet, self.optimizer, self.generator = unet, optimizer, generator
+        self.masters, self.losses = masters, losses
+
+    @property
+    def step(self) -> int:
+        """Steps done."""
+        return len(self.losses)
+
+    def state(self) -> TuneState:
+        return TuneState(self.step, _to_cpu(self.optimizer.state_dict()), self.generator.get_state(),
+                         torch.stack(self.losses).tolist() if self.losses else [])
+
+    @contextlib.contextmanager
+    def fp32_weights(self) -> Iterator[None]:
+        """The trained weights' fp32 values in the model (for saving an adapter); as they were after."""
+        if self.masters is None:
+            yield
+            return
+        with self.masters.swapped_in():
+            yield
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """The model in eval mode, without gradients, the global RNGs forked: for sampling with the current
+        weights. The step noise comes from the loop's own generator, which nothing here draws from."""
+        devices = [self.generator.device] if self.generator.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), torch.no_grad():
+            self.unet.eval()
+            try:
+                yield
+            finally:
+                self.unet.train()
+
+
+def _to_cpu(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_to_cpu(v) for v in obj]
+    return obj
+
+
+def _restore(state: TuneState, optimizer: torch.optim.Optimizer, g: torch.Generator,
+             device: torch.device) -> list[torch.Tensor]:
+    try:
+        optimizer.load_state_dict(state.optimizer)
+    except (ValueError, KeyError) as e:
+        raise BadInput(f"the saved tuning state does not fit this model ({e})") from None
+    g.set_state(state.generator)
+    return [torch.tensor(x, dtype=torch.float32, device=device) for x in state.losses]
+
+
 def tune(
     unet: nn.Module,
     params: list[nn.Parameter],
@@ -102,11 +175,15 @@ def tune(
     prediction: str = "epsilon",
     callback: Callable[[int, torch.Tensor], None] | None = None,
     runtime: Runtime = Runtime(),
+    between: Callable[[Loop], None] | None = None,
+    resume: TuneState | None = None,
 ) -> list[float]:
     """Train `params` of the inflated `unet` on one clip; returns the loss of every step.
 
     `callback(step, loss)` gets the loss as a 0-d tensor: reading it (`float(loss)`) waits for the GPU,
-    so a caller that only draws a bar now and then keeps the step loop free of syncs.
+    so a caller that only draws a bar now and then keeps the step loop free of syncs. `between(loop)` runs
+    after every step (previews, checkpoints, saving the state); `resume` continues from a saved state (its
+    weights already in `params`), to the same result as a tune never stopped (bit for bit on the CPU).
     """
     device = clip.mean.device
     if not params:
@@ -129,12 +206,19 @@ def tune(
     graphed = runtime.cuda_graphs and cuda and not checkpointing and frozen != torch.float16
     run = CudaGraph(step, GRAPH_WARMUP) if graphed else step
     g = torch.Generator(device).manual_seed(settings.seed)
-    losses = []
-    for i in range(settings.steps):
+    losses: list[torch.Tensor] = []
+    if resume is not None:
+        losses = _restore(resume, optimizer, g, device)
+    loop = Loop(unet, optimizer, g, masters, losses)
+    if resume is not None and between is not None:
+        between(loop)  # what the stopped run had not finished at this step (a preview) is done now
+    for i in range(len(losses), settings.steps):
         noise.draw_(g, len(alphas))
         losses.append(run().clone())  # a replay overwrites its loss at the next step
         if callback is not None:
             callback(i, losses[-1])
+        if between is not None:
+            between(loop)
     if masters:
         masters.restore()
     unet.eval()

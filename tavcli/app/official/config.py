@@ -15,9 +15,14 @@ validation samples, gradient checkpointing on, fp16):
         video_length -> the edit's frames when it differs from n_sample_frames (only without inversion)
     trainable_modules: tav trains attn1.to_q, attn2.to_q and attn_temp whatever it says (a warning when
         it says something else)
-    output_dir, validation_steps, checkpointing_steps, use_8bit_adam,
-        enable_xformers_memory_efficient_attention, and settings tav cannot honour (train_batch_size or
-        gradient_accumulation_steps other than 1, a non-constant lr_scheduler, ...) -> one warning
+    validation_steps -> previews of validation_data.prompts every N steps (preview_every, preview), with
+        num_inference_steps and guidance_scale (preview_steps, preview_guidance); previews start from the
+        inversion with the current model, as the official configs' use_inv_latent: True does
+    checkpointing_steps -> checkpoint_every; resume_from_checkpoint: latest -> continue the latest stopped
+        run of this config (`tav resume`), afresh when there is none
+    output_dir, use_8bit_adam, enable_xformers_memory_efficient_attention, and settings tav cannot honour
+        (train_batch_size or gradient_accumulation_steps other than 1, a non-constant lr_scheduler, ...)
+        -> one warning
     an unknown top-level or train_data key is an error, as it is for the official script.
 """
 
@@ -40,8 +45,7 @@ OFFICIAL_KEYS = frozenset({
     "gradient_accumulation_steps", "gradient_checkpointing", "checkpointing_steps", "resume_from_checkpoint",
     "mixed_precision", "use_8bit_adam", "enable_xformers_memory_efficient_attention", "seed",
 })
-OFFICIAL_IGNORED = ("output_dir", "validation_steps", "checkpointing_steps", "use_8bit_adam",
-                    "enable_xformers_memory_efficient_attention")
+OFFICIAL_IGNORED = ("output_dir", "use_8bit_adam", "enable_xformers_memory_efficient_attention")
 TRAIN_DATA_KEYS = frozenset({"video_path", "prompt", "n_sample_frames", "width", "height", "sample_start_idx",
                              "sample_frame_rate"})
 VALIDATION_KEYS = frozenset({"prompts", "video_length", "width", "height", "num_inference_steps", "guidance_scale",
@@ -133,10 +137,8 @@ def read_official_config(doc: _Doc) -> LoadedConfig:
             ignored.append("lr_warmup_steps (no warm-up)")
     if doc.value(top, ("adam_epsilon",), float, 1e-8) != 1e-8:
         ignored.append("adam_epsilon (1e-8 is the only value)")
-    if top.get("resume_from_checkpoint"):
-        ignored.append("resume_from_checkpoint (tuning starts afresh)")
+    notes = _loop_keys(doc, tune)
     doc.value(top, ("scale_lr",), bool, False)  # lr x batch 1 x accumulation 1 x one process: no change
-    notes = []
     modules = doc.value(top, ("trainable_modules",), tuple[str, ...], PAPER_MODULES)
     if sorted(modules) != sorted(PAPER_MODULES):
         notes.append(f"trainable_modules lists {', '.join(modules) or 'nothing'}; tav trains attn1.to_q, attn2.to_q "
@@ -153,7 +155,59 @@ def read_official_config(doc: _Doc) -> LoadedConfig:
         _mapped(doc, EDIT_KEYS, edit)
         edits.append(edit.over(edits_options(tune)))
     warnings = [f"ignored keys that do not apply to tav: {', '.join(ignored)}"] if ignored else []
-    return LoadedConfig.of(tune, edits, warnings + notes, "official", _check_video_length)
+    return LoadedConfig.of(tune, edits, warnings + notes, "official", _check_video_length, _resume(doc))
+
+
+def _loop_keys(doc: _Doc, tune: Options) -> list[str]:
+    """validation_steps and checkpointing_steps: previews and checkpoints along the way, where the file asks.
+    One past max_train_steps does nothing in the official script (the official configs checkpoint every
+    1000 of 500 steps): a note, not an error."""
+    top, notes = doc.data, []
+    steps = doc.value(top, ("max_train_steps",), int, 500)
+    for key in ("validation_steps", "checkpointing_steps"):
+        every = doc.value(top, (key,), int)
+        if every is not None and every > steps:
+            notes.append(f"{key} {every} is past max_train_steps {steps}: none are made, as in the official script")
+    checkpoints = doc.value(top, ("checkpointing_steps",), int)
+    if checkpoints is not None and checkpoints <= steps:
+        tune.set("checkpoint_every", checkpoints, doc.label(("checkpointing_steps",)))
+    validation = doc.value(top, ("validation_steps",), int)
+    if validation is not None and validation <= steps:
+        val = doc.mapping(top, ("validation_data",))
+        prompts = doc.value(val, ("validation_data", "prompts"), tuple[str, ...])
+        if not prompts:
+            return notes  # nothing to render, as the official loop renders nothing
+        tune.set("preview_every", validation, doc.label(("validation_steps",)))
+        tune.set("preview", prompts, doc.label(("validation_data", "prompts")))
+        for key, option, default in (("num_inference_steps", "preview_steps", 50),
+                                     ("guidance_scale", "preview_guidance", 7.5)):
+            tune.set(option, val.get(key, default), doc.label(("validation_data", key)))
+    return notes
+
+
+def fit_to_steps(tune: Options, flags: Options) -> tuple[Options, list[str]]:
+    """Under a --steps override, the file's validation_steps or checkpointing_steps past the new end make
+    nothing, as in the official script (a note); a --preview-every or --checkpoint-every flag is checked as given."""
+    steps, notes = tune.values.get("steps"), []
+    values, where = dict(tune.values), dict(tune.where)
+    for option, key in (("preview_every", "validation_steps"), ("checkpoint_every", "checkpointing_steps")):
+        every = values.get(option)
+        if option not in flags.values and isinstance(every, int) and isinstance(steps, int) and every > steps:
+            values.pop(option)
+            if option == "preview_every":
+                values.pop("preview", None)
+            notes.append(f"{key} {every} is past --steps {steps}: none are made, as in the official script")
+    return Options(values, where), notes
+
+
+def _resume(doc: _Doc) -> bool:
+    value = doc.data.get("resume_from_checkpoint")
+    if value in (None, False):
+        return False
+    if value != "latest":
+        raise doc.error(("resume_from_checkpoint",), f"resume_from_checkpoint {_show(value)} is not supported; use "
+                                                     "latest (tav keeps runs by id: `tav resume --list`)")
+    return True
 
 
 def _precision(doc: _Doc) -> str:
