@@ -190,3 +190,18 @@ def test_prune_drops_checkpoints_and_keeps_the_rest(cli, home, tmp_path):
     assert_error(cli("show", "both@1"), 2, "kept steps are 2")
     r = cli("edit", "both", "a dog", *EDIT, "--out-dir", tmp_path)
     assert r.code == 0, r.stderr
+
+
+def test_a_tune_with_checkpoints_edits_each_kept_step(cli, tmp_path, monkeypatch, tiny_base_dir, source_mp4):
+    home = tmp_path / "fresh"
+    monkeypatch.setenv("TAV_HOME", str(home))
+    r = cli("tune", source_mp4, PROMPT, "--name", "kept", "--base", tiny_base_dir, *TUNE, "--inversion-steps", "3",
+            "--checkpoint-every", "1", "-q")
+    assert r.code == 0, r.stderr
+    shown = _show(cli, "kept")
+    assert [c["step"] for c in shown["checkpoints"]] == [1, 2] and not any(c["inversion"] for c in shown["checkpoints"])
+    r = cli("edit", "kept@1", "a dog", *EDIT, "--out-dir", tmp_path)
+    assert r.code == 0 and "first edit" in r.stderr, r.stderr
+    assert [c["inversion"] for c in _show(cli, "kept")["checkpoints"]] == [True, False]
+    r = cli("prune", "kept")
+    assert r.code == 0 and _show(cli, "kept")["checkpoints"] == [], r.stderr
