@@ -8,8 +8,9 @@ compute with fp32 master weights (`MasterWeights`), or autocast where a model mi
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from tavcli.errors import BadInput
 from tavcli.settings import Mode, Settings, setting
@@ -17,6 +18,8 @@ from tavcli.settings import Mode, Settings, setting
 if TYPE_CHECKING:
     import torch
     from torch import nn
+
+T = TypeVar("T")
 
 
 class Dtype(Mode):
@@ -133,3 +136,25 @@ class MasterWeights:
         """Leave the fp32 result in the model, as if it had trained in fp32."""
         for m, p in zip(self.masters, self.params):
             p.data = m.data
+
+
+def in_fitting_batches(render: Callable[[tuple], Sequence[T]], items: tuple) -> list[T]:
+    """`render` over `items` as one batch, or, while a batch runs out of accelerator memory, in halves of it
+    (down to one item; its memory error is then the caller's). `render(batch)` returns one result per item."""
+    import torch
+
+    results: list[T] = []
+    size, done = max(1, len(items)), 0
+    while done < len(items):
+        batch = items[done:done + size]
+        try:
+            results.extend(render(batch))
+        except torch.OutOfMemoryError:
+            if size == 1:
+                raise
+            size = (size + 1) // 2
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            continue
+        done += len(batch)
+    return results

@@ -147,14 +147,16 @@ def _copy_in(unet: nn.Module, spec: AdapterSpec, tensors: dict[str, torch.Tensor
     return list(unet.load_state_dict(tensors, strict=False).unexpected_keys)
 
 
-def load_adapter(unet: nn.Module, folder: str | Path) -> AdapterSpec:
-    """Apply a saved adapter to a freshly inflated UNet; returns its spec."""
+def load_adapter(unet: nn.Module, folder: str | Path, scale: float = 1.0) -> AdapterSpec:
+    """Apply a saved adapter to a freshly inflated UNet, its deltas scaled by `scale` (`scale_adapter`);
+    returns its spec."""
     folder = Path(folder)
     spec = read_spec(folder)
     tensors = load_file(folder / WEIGHTS_NAME, device=str(unet.conv_in.weight.device))
     try:
         init_temporal(unet, spec.temporal_seed)
         attach(unet, spec)  # LoRA layers where a LoRA adapter needs them; tuned tensors in fp32
+        base = _base_queries(unet) if scale != 1 and spec.kind == AdapterKind.FULL else {}
         unexpected = _copy_in(unet, spec, tensors)
     except (AttributeError, RuntimeError) as e:  # no temporal layers, or tensors of other shapes
         raise Corrupt(f"{folder} does not fit this UNet ({str(e).splitlines()[0]}); "
@@ -165,4 +167,48 @@ def load_adapter(unet: nn.Module, folder: str | Path) -> AdapterSpec:
                            f"missing tensors (e.g. {(unexpected or sorted(missing))[0]}); is the base the one it "
                            "was tuned on?")
     unet.requires_grad_(False)
+    if scale != 1:  # 1 leaves the tuned tensors untouched, bit for bit
+        scale_adapter(unet, spec, scale, base)
     return spec
+
+
+_QUERY = re.compile(r"(^|\.)attn[12]\.to_q$")
+_TEMPORAL_OUT = re.compile(r"(^|\.)attn_temp\.to_out\.0$")
+
+
+def _base_queries(unet: nn.Module) -> dict[str, torch.Tensor]:
+    """The base's attn1/attn2 query weights (fp32 copies), before a `full` adapter overwrites them."""
+    return {f"{name}.{pname}": p.detach().float().clone() for name, module in unet.named_modules()
+            if _QUERY.search(name) for pname, p in module.named_parameters(recurse=False)}
+
+
+@torch.no_grad()
+def scale_adapter(unet: nn.Module, spec: AdapterSpec, scale: float, base: dict[str, torch.Tensor]) -> None:
+    """Scale a loaded adapter's deltas by `scale`, alike for both kinds:
+
+    * the spatial and cross attention's query projections (which the base has) become base + scale * (tuned -
+      base): for `full` from `base` (`_base_queries`), for `lora` through PEFT's per-layer scaling;
+    * the temporal attention (which the base has not) adds scale times its tuned output: its output
+      projection's weight and bias (for `lora`, its LoRA delta and its trained bias) are multiplied by
+      `scale`; its q, k and v stay as tuned, as they only act through that output.
+
+    So 0 is the base's weights in the video UNet: the query projections are the base's and the temporal
+    layers add exactly zero (the frame attention and clip GroupNorm stay as tuned: they are the architecture,
+    not weights), and 1 is the tuned model; other values interpolate (or extrapolate) the deltas.
+    """
+    for name, module in unet.named_modules():
+        if spec.kind == AdapterKind.LORA:
+            from peft.tuners.lora import LoraLayer
+
+            if isinstance(module, LoraLayer) and (_QUERY.search(name) or _TEMPORAL_OUT.search(name)):
+                module.scale_layer(scale)  # scaling *= scale
+                if _TEMPORAL_OUT.search(name):
+                    for p in module.base_layer.parameters():
+                        p.mul_(scale)
+        elif _QUERY.search(name):
+            for pname, p in module.named_parameters(recurse=False):
+                start = base[f"{name}.{pname}"].to(p.device)
+                p.copy_(start + scale * (p.float() - start))
+        elif _TEMPORAL_OUT.search(name):
+            for p in module.parameters():
+                p.mul_(scale)

@@ -102,12 +102,67 @@ class InversionSettings(Settings):
                          max=MAX_STEPS)
 
 
+class Scheduler(Mode):
+    """How the edit samples: tav's DDIM (the paper's, and the only one that can start from the DDIM
+    inversion), or one of diffusers' schedulers, from noise (the ones the official pipeline accepts)."""
+
+    DDIM = "ddim"
+    DPM = "dpm++"  # DPMSolverMultistepScheduler (DPM-Solver++, order 2)
+    EULER = "euler"  # EulerDiscreteScheduler
+    EULER_A = "euler-a"  # EulerAncestralDiscreteScheduler
+    PNDM = "pndm"  # PNDMScheduler (SD v1's own)
+    LMS = "lms"  # LMSDiscreteScheduler
+
+
 @dataclass(frozen=True)
 class EditSettings(Settings):
-    """Guided DDIM sampling: the paper's 50 steps and guidance 12.5, from the inversion by default."""
+    """Guided DDIM sampling: the paper's 50 steps and guidance 12.5, from the inversion by default.
+
+    `strength` < 1 starts from the clip's partial inversion (SDEdit-style: the first round(S*K) of K
+    inversion steps, then the last round(S*K) sampling steps); `eta` > 0 adds DDIM's fresh noise at each
+    step, drawn from each video's seed; `seeds` renders one video per seed (as one batch).
+    """
 
     steps: int = setting(50, "DDIM steps.", min=1, max=MAX_STEPS)
     guidance: float = setting(12.5, "Classifier-free guidance scale (1: no guidance; below 1 is allowed).")
     negative_prompt: str = setting("", "Negative prompt.", option="negative")
-    seed: int = setting(0, "Noise seed (with --no-inversion).", option="seed")
+    seed: int = setting(0, "Noise seed (with --no-inversion or --eta).", option="seed")
     inversion: bool = setting(True, "Start from the clip's inversion, not from noise.")
+    strength: float = setting(1.0, "How much of the inversion to run and sample back (0 < S <= 1; 1: all of "
+                                   "it, lower stays closer to the source clip).")
+    eta: float = setting(0.0, "DDIM eta: 0 deterministic, 1 DDPM-like fresh noise at each step (seeded).", min=0)
+    seeds: tuple[int, ...] = setting((), "One video per seed, e.g. 1,2,3 (instead of --seed).",
+                                     default_text="--seed only")
+    scheduler: Scheduler = setting(Scheduler.DDIM, "ddim, or (with --no-inversion) dpm++, euler, euler-a, pndm "
+                                                   "or lms, diffusers' schedulers.")
+
+    def check(self) -> None:
+        if not 0 < self.strength <= 1:
+            raise SettingError("strength", f"must be in (0, 1] (1: the whole inversion), got {self.strength}")
+        if self.strength < 1 and not self.inversion:
+            raise SettingError("strength", f"{self.strength} partially inverts the clip, which needs the "
+                                           "inversion; drop --no-inversion or --strength")
+        if self.scheduler != Scheduler.DDIM and self.inversion:
+            raise SettingError("scheduler", f"{self.scheduler} samples from noise: the stored inversion is DDIM's, "
+                                            "so only ddim can start from it; pass --no-inversion")
+        if self.scheduler != Scheduler.DDIM and self.eta:
+            raise SettingError("eta", f"is DDIM's, not {self.scheduler}'s; drop --eta or use --scheduler ddim")
+        repeated = sorted({s for s in self.seeds if self.seeds.count(s) > 1})
+        if repeated:
+            raise SettingError("seeds", f"gives seed {repeated[0]} twice; each seed renders one video")
+        if len(self.seeds) > 1 and self.inversion and self.eta == 0:
+            raise SettingError("seeds", "would render the same video for each seed: DDIM from the inversion "
+                                        "with --eta 0 draws no noise; add --eta (e.g. 0.5) or --no-inversion")
+
+    @property
+    def videos_seeds(self) -> tuple[int, ...]:
+        """The seed of each video rendered per prompt."""
+        return self.seeds or (self.seed,)
+
+    def partial_steps(self) -> int:
+        return partial_steps(self.strength, self.steps)
+
+
+def partial_steps(strength: float, steps: int) -> int:
+    """How many of K steps an edit of strength S inverts and samples back: round(S * K), at least one."""
+    return max(1, round(strength * steps))

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,11 +22,11 @@ import torch
 from torch import nn
 
 from tavcli.engine import compiling
-from tavcli.engine.runtime import Runtime
+from tavcli.engine.runtime import Runtime, in_fitting_batches
 from tavcli.method import adapters, ddim
 from tavcli.method.attention import inflate
 from tavcli.method.models import Base, decode_latents, encode_frames, encode_prompts, encoders_parked
-from tavcli.method.params import AdapterSpec, Attention, EditSettings, TuneSettings
+from tavcli.method.params import AdapterSpec, Attention, EditSettings, Scheduler, TuneSettings, partial_steps
 from tavcli.method.tuning import ClipLatents, Loop, TuneState, tune
 
 
@@ -48,13 +49,15 @@ class TuneAVideo:
         return cls(base, spec, adapters.attach(base.unet, spec))
 
     @classmethod
-    def from_adapter(cls, base: Base, folder: str | Path, attention: Attention | str | None = None) -> TuneAVideo:
-        """The base plus a saved adapter, rebuilt as its stored spec says; `attention` overrides its mode."""
+    def from_adapter(cls, base: Base, folder: str | Path, attention: Attention | str | None = None,
+                     scale: float = 1.0) -> TuneAVideo:
+        """The base plus a saved adapter, rebuilt as its stored spec says; `attention` overrides its mode.
+        `scale` scales the tuned deltas (`adapters.scale_adapter`: 0 is the base's weights, 1 the tuned ones)."""
         spec = adapters.read_spec(folder)
         if attention is not None:
             spec = spec.replace(attention=attention)
         inflate(base.unet, attention=spec.attention, norm=spec.norm, seed=spec.temporal_seed)
-        adapters.load_adapter(base.unet, folder)
+        adapters.load_adapter(base.unet, folder, scale=scale)
         base.unet.to(base.dtype)
         return cls(base, spec, [], tuned_state={})
 
@@ -125,34 +128,61 @@ class TuneAVideo:
         return render
 
     def invert(self, frames: np.ndarray, steps: int = 50, callback: Callable[[int], None] | None = None,
-               runtime: Runtime = Runtime()) -> torch.Tensor:
-        """DDIM-invert the clip's latents (posterior mean) with the empty prompt: (1, F, 4, h, w)."""
+               runtime: Runtime = Runtime(), strength: float = 1.0) -> torch.Tensor:
+        """DDIM-invert the clip's latents (posterior mean) with the empty prompt: (1, F, 4, h, w).
+
+        With `strength` S < 1, only the first round(S * steps) of the `steps` inversion steps: the latent an
+        edit of strength S with `steps` sampling steps starts from (pass it to `generate` as `noise`).
+        """
         mean, _ = self.latents(frames)
         schedule = ddim.ddim_schedule(self.base.scheduler_config, steps)
         denoise = ddim.Denoiser(self.unet, runtime.cuda_graphs)
-        return ddim.invert(denoise, mean, encode_prompts(self.base, [""]), schedule, callback)
+        upto = None if strength == 1 else partial_steps(strength, steps)
+        return ddim.invert(denoise, mean, encode_prompts(self.base, [""]), schedule, callback, upto)
 
     def generate(self, prompts: list[str], settings: EditSettings = EditSettings(),
                  noise: torch.Tensor | None = None, frames: int = 8, height: int = 512, width: int = 512,
                  callback: Callable[[int], None] | None = None, runtime: Runtime = Runtime()) -> np.ndarray:
-        """uint8 videos (P, F, H, W, 3), one per prompt, from `noise` (an inversion) or from a seeded draw.
+        """uint8 videos (P * N, F, H, W, 3): for each prompt in turn, one per seed of `settings.videos_seeds`.
 
-        With `settings.inversion` off, or no `noise`, the start is Gaussian noise of `frames` x `height`
-        x `width` (the paper's "w/o inversion" ablation and plain text-to-video).
+        `noise` is the clip's inversion: `invert(clip, steps)` for strength 1; for a strength S < 1, the
+        partial one on the edit's own schedule, `invert(clip, settings.steps, strength=S)`, from which only
+        the last round(S * steps) steps are sampled. With `settings.inversion` off, or no `noise`, each video
+        starts from Gaussian noise of `frames` x `height` x `width` drawn from its seed (the paper's "w/o
+        inversion" ablation and plain text-to-video). A video depends on its prompt and seed only, not on
+        what else is rendered with it: the seeds of a prompt run as one batch, halved while it does not fit.
         """
         if runtime.compile:
             self.compile()
-        if noise is None or not settings.inversion:
-            f = self.base.vae_factor
-            g = torch.Generator().manual_seed(settings.seed)
-            noise = torch.randn(1, frames, 4, height // f, width // f, generator=g).to(self.base.device)
+        from_noise = noise is None or not settings.inversion
+        if settings.strength < 1 and from_noise:
+            raise ValueError("an edit of strength < 1 starts from the partial inversion: pass "
+                             "noise=invert(clip, settings.steps, strength=settings.strength)")
         schedule = ddim.ddim_schedule(self.base.scheduler_config, settings.steps)
+        if settings.strength < 1:
+            schedule = schedule.tail(settings.partial_steps())
+        f = self.base.vae_factor
+        shape = (1, frames, 4, height // f, width // f)
         uncond = encode_prompts(self.base, [settings.negative_prompt])
         denoise = ddim.Denoiser(self.unet, runtime.cuda_graphs)  # one capture serves every prompt
+
+        def render(text: torch.Tensor, seeds: tuple[int, ...]) -> np.ndarray:
+            generators = [torch.Generator().manual_seed(seed) for seed in seeds]  # CPU: the same on any device
+            start = (torch.cat([torch.randn(shape, generator=g) for g in generators]).to(self.base.device)
+                     if from_noise else noise.expand(len(seeds), *noise.shape[1:]))
+            if settings.scheduler == Scheduler.DDIM:
+                draw = ddim.seeded_noise(generators, start) if settings.eta else None
+                latents = ddim.sample(denoise, start, text, uncond, schedule, settings.guidance, callback,
+                                      settings.eta, draw)
+            else:  # a fresh scheduler for each batch: multistep ones keep state
+                scheduler = ddim.diffusers_scheduler(settings.scheduler, self.base.scheduler_config, settings.steps)
+                latents = ddim.sample_with(scheduler, denoise, start, text, uncond, settings.guidance, callback,
+                                           generators)
+            return decode_latents(self.base, latents)
+
         videos = []
         for text in encode_prompts(self.base, prompts).split(1):
-            latents = ddim.sample(denoise, noise, text, uncond, schedule, settings.guidance, callback)
-            videos.append(decode_latents(self.base, latents)[0])
+            videos.extend(in_fitting_batches(functools.partial(render, text), settings.videos_seeds))
         return np.stack(videos)
 
 
