@@ -142,7 +142,10 @@ class EditJob(Settings):
     format: Format = setting(Format.MP4, "mp4, gif or png (a folder of frames).")
     frames: int | None = setting(None, "Frames to generate (with --no-inversion).", min=1, default_text="the tuned count")
     grid: bool = setting(False, "Source and edit side by side.")
-    fps: float = setting(8.0, "Output frame rate (the official samples' 8).", positive=True)
+    fps: float | None = setting(None, "Output frame rate.", positive=True,
+                                default_text="the source clip's playback rate")
+    adapter_scale: float = setting(1.0, "Scale of the tuned deltas: 0 the base model, 1 as tuned, in between "
+                                        "(or beyond) scaled.")
     base: str | None = setting(None, "Base model.", default_text="the one tuned on")
     base_config: str | None = setting(None, "Configs for a single-file base.", default_text="the ones recorded at tuning")
     force: bool = setting(False, "Use --base even if it is not the one tuned on.")
@@ -166,6 +169,8 @@ class EditJob(Settings):
             raise BadInput("--inversion NAME and --no-inversion exclude each other; drop one")
         if self.output is not None and len(self.prompts) > 1:
             raise BadInput("-o names one file but several prompts were given; use --out-dir instead")
+        if self.output is not None and len(self.settings.seeds) > 1:
+            raise BadInput("-o names one file but --seeds asks for several videos; use --out-dir instead")
 
 
 @dataclass(frozen=True)
@@ -182,6 +187,7 @@ class EditResult:
     prompt: str
     scores: dict[str, float] | None = None
     psnr: float | None = None  # --reconstruct: dB against the source frames
+    seed: int = 0
 
 
 # Options of `tav tune` that also reach the edits it runs afterwards (a config's validation prompts).
@@ -224,10 +230,12 @@ def versions() -> dict[str, str]:
 
 
 def playback_fps(indices: tuple[int, ...], fps: float) -> float:
-    """The rate that plays the sampled frames over the time they span in the source."""
+    """The rate that plays the sampled frames over the time they span in the source: below 1 fps too (8
+    frames spread over a 10-second clip play at 0.7 fps), which edits default to and the writers take
+    (an mp4's frame rate is a fraction, a GIF's frame lasts 1000/fps ms). Earlier tav recorded at least 1."""
     if len(indices) < 2:
         return fps
-    return max(1.0, round(fps * (len(indices) - 1) / (indices[-1] - indices[0]), 3))
+    return max(0.001, round(fps * (len(indices) - 1) / (indices[-1] - indices[0]), 3))
 
 
 def tune(job: TuneJob, store: Store, reporter: Reporter = Reporter(), run: ActiveRun | None = None,
@@ -433,11 +441,13 @@ def load_recorded_base(artifact: Artifact, name: str | None, config: str | None,
     return base
 
 
-def tuned_model(base, target):
-    """The base with the target's adapter (the final one, or a kept checkpoint's), ready to sample."""
+def tuned_model(base, target, scale: float = 1.0):
+    """The base with the target's adapter (the final one, or a kept checkpoint's), its deltas scaled by
+    `scale`, ready to sample."""
     from tavcli.method.pipeline import TuneAVideo
 
-    return TuneAVideo.from_adapter(base, target.artifact.file(f"{target.adapter_folder}/adapter_config.json").parent)
+    return TuneAVideo.from_adapter(base, target.artifact.file(f"{target.adapter_folder}/adapter_config.json").parent,
+                                   scale=scale)
 
 
 def _slug(text: str, limit: int = 48) -> str:
@@ -475,9 +485,13 @@ def _write(path: Path, frames: np.ndarray, fps: float) -> None:
 def check_edit(job: EditJob, target) -> None:
     """What an edit asks of this artifact (at this step): an inversion, a source clip, a frame count it can give."""
     m, label = target.manifest, target.artifact.short_id
-    if job.settings.inversion and job.inversion_name is None and target.final and not m.has_inversion:
+    whole = job.settings.strength == 1  # below 1 the start is a partial inversion, made at the edit
+    if job.settings.inversion and whole and job.inversion_name is None and target.final and not m.has_inversion:
         raise BadInput(f"artifact {label} has no stored inversion (imported without inv_latents); "
                        "pass --no-inversion to start from noise")
+    if not whole and job.inversion_name is None and not m.has_file("source.mp4"):
+        raise BadInput(f"--strength {job.settings.strength:g} partially inverts the source clip, which artifact "
+                       f"{label} does not keep; use --strength 1")
     if job.grid and not m.has_file("source.mp4"):
         raise BadInput(f"artifact {label} has no source clip to put beside the edit; drop --grid")
     tuned_frames = m.video.frames
@@ -490,7 +504,9 @@ def check_edit(job: EditJob, target) -> None:
 
 
 def edit(job: EditJob, store: Store, reporter: Reporter = Reporter()) -> list[EditResult]:
-    """Generate one video per prompt with a stored artifact (at a kept step); returns what was written."""
+    """Generate one video per prompt and seed with a stored artifact (at a kept step); returns what was
+    written. An edit of strength < 1 first inverts the inversion's source frames part of the way, once for all
+    prompts, on the edit's own schedule (docs/method.md)."""
     import numpy as np
 
     from tavcli.app import inversions, refs
@@ -501,16 +517,23 @@ def edit(job: EditJob, store: Store, reporter: Reporter = Reporter()) -> list[Ed
     artifact, m = target.artifact, target.manifest
     store.verify(artifact)
     check_edit(job, target)
-    if job.inversion_name is not None:
-        inversions.find(store, target, job.inversion_name)  # before loading: a wrong name fails fast
+    # a wrong inversion name fails before anything loads
+    named = inversions.find(store, target, job.inversion_name) if job.inversion_name is not None else None
     if job.runtime.compile:
         caches.use_compile_cache()
     base = load_recorded_base(artifact, job.base, job.base_config, job.force, job.runtime.device, job.runtime.dtype,
                               reporter)
-    tav = tuned_model(base, target)
+    tav = tuned_model(base, target, job.adapter_scale)
     scorer = _scorer(job.clip, base.device) if job.score else None
-    noise, inversion = (inversions.for_edit(store, target, tav, job.inversion_name, job.runtime, reporter)
-                        if job.settings.inversion else (None, None))
+    s = job.settings
+    if s.inversion and s.strength < 1:  # recomputed, not kept from tuning: it follows this edit's --steps
+        inversion = named
+        reporter.stage(Stage.INVERTING, total=s.partial_steps())
+        noise = tav.invert(_reference_frames(target, inversion), s.steps, callback=reporter.step,
+                           runtime=job.runtime, strength=s.strength)
+    else:
+        noise, inversion = (inversions.for_edit(store, target, tav, job.inversion_name, job.runtime, reporter)
+                            if s.inversion else (None, None))
     noise = noise.to(base.device) if noise is not None else None
     frames = inversion.frames if inversion is not None else (job.frames or m.video.frames)
     settings = job.settings.replace(guidance=1.0) if job.reconstruct else job.settings
@@ -518,31 +541,36 @@ def edit(job: EditJob, store: Store, reporter: Reporter = Reporter()) -> list[Ed
     source = read_video(artifact.file("source.mp4"), FrameSampling(frames=m.video.frames),
                         m.video.width, m.video.height).frames if job.grid else None
     reference = _reference_frames(target, inversion) if job.reconstruct else None
+    fps = job.fps or m.video.fps
     results = []
     for prompt in prompts:
         started = time.perf_counter()
-        reporter.stage(Stage.EDITING, prompt, settings.steps)
-        video = tav.generate([prompt], settings, noise=noise, frames=frames, height=m.video.height,
-                             width=m.video.width, callback=reporter.step, runtime=job.runtime)[0]
-        scores = scorer.score(video, prompt) if scorer else None  # the edit alone, not the grid
-        fidelity = psnr(video, reference) if reference is not None else None
-        if source is not None:
-            video = np.concatenate([source, video], axis=2)  # source left, edit right
-        path = _output_path(job, target, "reconstruction" if job.reconstruct else prompt)
-        try:
-            _write(path, video, job.fps)
-        except BaseException:  # an interrupted or failed write leaves no empty placeholder behind
-            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-            raise
-        seconds = round(time.perf_counter() - started, 2)
-        store.append_edit(artifact, EditRecord(
-            prompt=prompt, created=datetime.now(timezone.utc).isoformat(timespec="seconds"), steps=settings.steps,
-            guidance=settings.guidance, seed=settings.seed, inversion=settings.inversion,
-            negative_prompt=settings.negative_prompt, frames=frames, grid=job.grid, format=str(job.format),
-            compile=job.runtime.compile, output=str(path.resolve()), seconds=seconds, scores=scores,
-            step=None if target.final else target.step, inversion_name=inversion.name if inversion else None,
-            psnr=round(fidelity, 3) if fidelity is not None and math.isfinite(fidelity) else None).to_json())
-        results.append(EditResult(path, prompt, scores, fidelity))
+        reporter.stage(Stage.EDITING, prompt, settings.partial_steps())
+        videos = tav.generate([prompt], settings, noise=noise, frames=frames, height=m.video.height,
+                              width=m.video.width, callback=reporter.step, runtime=job.runtime)
+        seconds = round((time.perf_counter() - started) / len(videos), 2)  # a batch of seeds shares the time
+        for seed, video in zip(settings.videos_seeds, videos):
+            scores = scorer.score(video, prompt) if scorer else None  # the edit alone, not the grid
+            fidelity = psnr(video, reference) if reference is not None else None
+            if source is not None:
+                video = np.concatenate([source, video], axis=2)  # source left, edit right
+            what = "reconstruction" if job.reconstruct else prompt
+            path = _output_path(job, target, what + (f" seed{seed}" if settings.seeds else ""))
+            try:
+                _write(path, video, fps)
+            except BaseException:  # an interrupted or failed write leaves no empty placeholder behind
+                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+                raise
+            store.append_edit(artifact, EditRecord(
+                prompt=prompt, created=datetime.now(timezone.utc).isoformat(timespec="seconds"), steps=settings.steps,
+                guidance=settings.guidance, seed=seed, inversion=settings.inversion,
+                negative_prompt=settings.negative_prompt, frames=frames, grid=job.grid, format=str(job.format),
+                compile=job.runtime.compile, output=str(path.resolve()), seconds=seconds, scores=scores,
+                step=None if target.final else target.step, inversion_name=inversion.name if inversion else None,
+                psnr=round(fidelity, 3) if fidelity is not None and math.isfinite(fidelity) else None,
+                strength=settings.strength, eta=settings.eta, scheduler=str(settings.scheduler),
+                adapter_scale=job.adapter_scale, fps=fps).to_json())
+            results.append(EditResult(path, prompt, scores, fidelity, seed))
     return results
 
 

@@ -236,6 +236,12 @@ class EditRecord(Record):
     step: int | None = None  # the tuning step whose adapter edited (REF@STEP); None: the final adapter
     inversion_name: str | None = None  # a kept inversion (`tav invert`), None: the one stored at tuning
     psnr: float | None = None  # `--reconstruct`: dB against the source frames
+    # Since issue #10 (absent from older lines, which ran with exactly these defaults; fps: not recorded).
+    strength: float = 1.0
+    eta: float = 0.0
+    scheduler: str = "ddim"
+    adapter_scale: float = 1.0
+    fps: float | None = None
 
 
 def edits_of(artifact: Any) -> list[EditRecord]:

@@ -387,6 +387,15 @@ def _read_prompts(prompts: list[str] | None, prompts_file: str | None) -> list[s
     return found  # none: EditJob says what is missing (or --reconstruct needs none)
 
 
+def _seed_list(text: str) -> tuple[int, ...]:
+    """`--seeds 1,2,3` as seeds."""
+    try:
+        found = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise BadInput(f"--seeds takes whole numbers separated by commas, e.g. 1,2,3; got {text!r}") from None
+    return found
+
+
 @app.command()
 @_errors
 def edit(
@@ -401,6 +410,11 @@ def edit(
     guidance: Annotated[float | None, _option(EditJob, "guidance")] = None,
     negative: Annotated[str | None, _option(EditJob, "negative")] = None,
     seed: Annotated[int | None, _option(EditJob, "seed")] = None,
+    seeds: Annotated[str | None, _option(EditJob, "seeds")] = None,
+    eta: Annotated[float | None, _option(EditJob, "eta")] = None,
+    strength: Annotated[float | None, _option(EditJob, "strength")] = None,
+    scheduler: Annotated[str | None, _option(EditJob, "scheduler")] = None,
+    adapter_scale: Annotated[float | None, _option(EditJob, "adapter_scale")] = None,
     inversion: Annotated[str | None, _option(EditJob, "inversion_name", "--inversion")] = None,
     no_inversion: Annotated[bool, typer.Option("--no-inversion", help="Start from noise, not from an inversion "
                                                "(the paper's ablation; plain text-to-video).")] = False,
@@ -432,16 +446,24 @@ def edit(
              | ({"inversion": False} if no_inversion else {}))
     where = {k: f"--{k.replace('_', '-')}" for k in flags} | {"inversion_name": "--inversion",
                                                               "inversion": "--no-inversion"}
+    if seeds is not None:
+        flags["seeds"] = _seed_list(seeds)
     job = edit_job(flags, where)
     store = _store()
     with _Progress(quiet) as progress:
+        s = job.settings
+        if seed is not None and s.inversion and s.eta == 0:
+            progress.log(f"note: --seed {seed} changes nothing here: DDIM from the inversion with --eta 0 draws "
+                         "no noise (add --eta or --no-inversion for the seed to matter)")
         results = run_edit(job, store, progress)
     if as_json:
         artifact = store.resolve(split(ref)[0])
-        _stdout().print_json(json.dumps({"artifact": artifact.short_id, "outputs": [
-            {"prompt": r.prompt, "path": str(r.path)} | (r.scores or {})
-            | ({"psnr": r.psnr if math.isfinite(r.psnr) else None} if job.reconstruct else {})
-            for r in results]}))
+        _stdout().print_json(json.dumps({
+            "artifact": artifact.short_id, "strength": s.strength, "eta": s.eta, "scheduler": str(s.scheduler),
+            "adapter_scale": job.adapter_scale, "fps": job.fps or Manifest.of(artifact).video.fps,
+            "outputs": [{"prompt": r.prompt, "path": str(r.path), "seed": r.seed} | (r.scores or {})
+                        | ({"psnr": r.psnr if math.isfinite(r.psnr) else None} if job.reconstruct else {})
+                        for r in results]}))
     else:
         for r in results:
             extra = [f"{v:.2f}" for v in (r.scores or {}).values()] + ([f"{r.psnr:.2f}"] if job.reconstruct else [])
@@ -555,7 +577,20 @@ def _show_lines(a) -> list[str]:
         scores = "".join(f", {k.replace('_', ' ')} {v:.2f}" for k, v in (e.scores or {}).items())
         lines.append(f"edit      {e.created}  {e.prompt!r} -> {e.output or '(imported; not on this machine)'} "
                      f"({e.seconds} s{scores})")
+        lines.append(f"          {_edit_settings(e)}")
     return lines
+
+
+def _edit_settings(e) -> str:
+    """How an edit sampled, as one line under it in `tav show`."""
+    start = f"strength {e.strength:g}" if e.inversion else "from noise"
+    parts = [f"{e.scheduler} {e.steps} step{'s' if e.steps != 1 else ''}", f"guidance {e.guidance:g}", start,
+             f"eta {e.eta:g}", f"seed {e.seed}", f"adapter scale {e.adapter_scale:g}"]
+    if e.fps is not None:
+        parts.append(f"{e.fps:g} fps")
+    if e.negative_prompt:
+        parts.append(f"negative {e.negative_prompt!r}")
+    return ", ".join(parts)
 
 
 @app.command()

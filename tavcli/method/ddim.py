@@ -9,6 +9,7 @@ steps of it for a partial inversion), and `sample_with` runs one of diffusers' s
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -163,7 +164,7 @@ def sample(
 
 _SCHEDULERS = {Scheduler.DDIM: "DDIMScheduler", Scheduler.DPM: "DPMSolverMultistepScheduler",
                Scheduler.EULER: "EulerDiscreteScheduler", Scheduler.EULER_A: "EulerAncestralDiscreteScheduler",
-               Scheduler.PNDM: "PNDMScheduler"}
+               Scheduler.PNDM: "PNDMScheduler"}  # LMS: see _lms
 
 
 def diffusers_scheduler(name: Scheduler | str, scheduler_config: dict, steps: int):
@@ -175,7 +176,9 @@ def diffusers_scheduler(name: Scheduler | str, scheduler_config: dict, steps: in
     else:
         import diffusers
 
-        scheduler = getattr(diffusers, _SCHEDULERS[name]).from_config(scheduler_config)
+        # PNDM as SD v1's own config runs it: PLMS only, without the Runge-Kutta warm-up (3 x 4 more UNet calls)
+        extra = {"skip_prk_steps": True} if name == Scheduler.PNDM else {}
+        scheduler = getattr(diffusers, _SCHEDULERS[name]).from_config(scheduler_config, **extra)
     scheduler.set_timesteps(steps)
     return scheduler
 
@@ -211,9 +214,10 @@ def sample_with(
     from the draw of its start noise). `callback` gets 0 .. steps-1, also where the scheduler takes one step
     more than asked (PNDM's PLMS warm-up repeats one timestep)."""
     denoise, x = _denoiser(unet), noise.float() * scheduler.init_noise_sigma
+    random = {"generator": generators} if "generator" in inspect.signature(scheduler.step).parameters else {}
     for i, t in enumerate(scheduler.timesteps):
         eps = guided(denoise, scheduler.scale_model_input(x, t), t, text, uncond, guidance)
-        x = scheduler.step(eps, t, x, generator=generators).prev_sample
+        x = scheduler.step(eps, t, x, **random).prev_sample
         if callback is not None:
             callback(min(i, scheduler.num_inference_steps - 1))
     return x
