@@ -406,6 +406,67 @@ def test_edit_output_grid_png_and_frames(cli, home, tmp_path):
     assert not np.array_equal(seeded, png_frames("--seed", "4"))
 
 
+def test_edit_controls_strength_eta_seeds_scheduler_scale_fps(cli, home, tmp_path):
+    """Issue #10's edit controls through `tav edit`: what is written, printed and recorded."""
+    manifest = json.loads(cli("show", "slide", "--json").stdout)
+    clip_fps = manifest["video"]["fps"]  # 4 of the source's 12 frames at 8 fps, spread: slower than 8
+    assert clip_fps < 8
+    r = cli("edit", "slide", "a blue car", "--steps", "4", "--strength", "0.5", "--eta", "0.5", "--seeds", "1,2",
+            "--out-dir", tmp_path, "--json")
+    assert r.code == 0, r.stderr
+    assert "tav: inverting (2 steps)" in r.stderr and "tav: editing: a blue car (2 steps)" in r.stderr, r.stderr
+    doc = json.loads(r.stdout)
+    assert {k: doc[k] for k in ("strength", "eta", "scheduler", "adapter_scale", "fps")} == {
+        "strength": 0.5, "eta": 0.5, "scheduler": "ddim", "adapter_scale": 1.0, "fps": clip_fps}
+    assert [(o["seed"], Path(o["path"]).name) for o in doc["outputs"]] == [
+        (1, "slide-a-blue-car-seed1.mp4"), (2, "slide-a-blue-car-seed2.mp4")]
+    videos = [assert_video(Path(o["path"]), 4) for o in doc["outputs"]]
+    assert not np.array_equal(*videos)  # eta > 0: each seed its own video
+    with av.open(doc["outputs"][0]["path"]) as container:  # played at the clip's own rate, not a fixed 8
+        assert float(container.streams.video[0].average_rate) == pytest.approx(clip_fps, abs=1e-3)
+
+    r = cli("edit", "slide", "a blue car", *EDIT, "--no-inversion", "--scheduler", "euler-a", "--adapter-scale", "0",
+            "--fps", "3", "--seed", "5", "--out-dir", tmp_path)
+    assert r.code == 0 and "changes nothing" not in r.stderr, r.stderr
+    r = cli("edit", "slide", "a blue car", *EDIT, "--seed", "5", "--out-dir", tmp_path)
+    assert r.code == 0, r.stderr
+    assert "tav: note: --seed 5 changes nothing here" in r.stderr  # said, not silently repeated
+
+    edits = json.loads(cli("show", "slide", "--json").stdout)["edits"]
+    settings = [{k: e[k] for k in ("strength", "eta", "seed", "scheduler", "adapter_scale", "fps", "inversion")}
+                for e in edits]
+    assert settings == [
+        {"strength": 0.5, "eta": 0.5, "seed": 1, "scheduler": "ddim", "adapter_scale": 1.0, "fps": clip_fps,
+         "inversion": True},
+        {"strength": 0.5, "eta": 0.5, "seed": 2, "scheduler": "ddim", "adapter_scale": 1.0, "fps": clip_fps,
+         "inversion": True},
+        {"strength": 1.0, "eta": 0.0, "seed": 5, "scheduler": "euler-a", "adapter_scale": 0.0, "fps": 3.0,
+         "inversion": False},
+        {"strength": 1.0, "eta": 0.0, "seed": 5, "scheduler": "ddim", "adapter_scale": 1.0, "fps": clip_fps,
+         "inversion": True}]
+    shown = cli("show", "slide").stdout
+    assert f"ddim 4 steps, guidance 12.5, strength 0.5, eta 0.5, seed 2, adapter scale 1, {clip_fps:g} fps" in shown
+    assert "euler-a 2 steps, guidance 12.5, from noise, eta 0, seed 5, adapter scale 0, 3 fps" in shown
+
+
+def test_playback_rate_is_recorded_below_one_fps_and_written():
+    from tavcli.app.jobs import playback_fps
+
+    assert playback_fps((0, 100, 200), 8.0) == 0.08  # 3 frames over 25 s (tav before issue #10 said 1.0)
+    assert playback_fps((0, 3, 7, 11), 8.0) == pytest.approx(2.182)
+    assert playback_fps((5,), 24.0) == 24.0
+
+
+def test_writers_take_a_rate_below_one_fps(tmp_path):
+    from tavcli.method.video import write_video
+
+    frames = np.zeros((3, 64, 64, 3), np.uint8)
+    frames[:, :, :, 0] = np.array([0, 120, 240], np.uint8)[:, None, None]
+    for name in ("slow.mp4", "slow.gif"):
+        clip = read_video(write_video(tmp_path / name, frames, 0.08), FrameSampling(frames=3), 64, 64)
+        assert (clip.fps, clip.source_frames) == (pytest.approx(0.08), 3), name
+
+
 def test_rm_two_refs_and_all_or_nothing(cli, home, source_mp4, tiny_base_dir):
     r = cli("tune", source_mp4, "a second caption", "--name", "second", "--base", tiny_base_dir, *TUNE, "-q")
     assert r.code == 0, r.stderr
@@ -506,6 +567,20 @@ EDIT_BAD_OPTIONS = {
     "grid with other frames": (("a", "--no-inversion", "--frames", "3", "--grid"), ("--grid",)),
     "steps 0": (("a", "--steps", "0"), ("--steps",)),
     "negative steps": (("a", "--steps", "-3"), ("--steps",)),
+    "strength 0": (("a", "--strength", "0"), ("--strength must be in (0, 1]", "got 0.0")),
+    "strength above 1": (("a", "--strength", "1.5"), ("--strength must be in (0, 1]", "got 1.5")),
+    "strength from noise": (("a", "--strength", "0.5", "--no-inversion"), ("--strength 0.5", "needs the inversion")),
+    "negative eta": (("a", "--eta", "-0.5"), ("--eta must be at least 0", "-0.5")),
+    "adapter scale inf": (("a", "--adapter-scale", "inf"), ("--adapter-scale must be a finite number",)),
+    "adapter scale nan": (("a", "--adapter-scale", "nan"), ("--adapter-scale must be a finite number",)),
+    "unknown scheduler": (("a", "--scheduler", "heun", "--no-inversion"), ("--scheduler 'heun' is not known",
+                                                                           "ddim, dpm++, euler, euler-a, pndm, lms")),
+    "scheduler with inversion": (("a", "--scheduler", "dpm++"), ("--scheduler dpm++", "only ddim", "--no-inversion")),
+    "eta with euler": (("a", "--scheduler", "euler", "--no-inversion", "--eta", "1"), ("--eta is DDIM's",)),
+    "seeds that repeat a video": (("a", "--seeds", "1,2"), ("--seeds", "same video for each seed", "--eta")),
+    "seeds malformed": (("a", "--seeds", "1,x"), ("--seeds takes whole numbers", "'1,x'")),
+    "seed given twice": (("a", "--seeds", "3,3", "--eta", "1"), ("--seeds gives seed 3 twice",)),
+    "-o with seeds": (("a", "--seeds", "1,2", "--eta", "1", "-o", "{out}/x.mp4"), ("-o", "--seeds")),
 }
 
 
