@@ -235,7 +235,7 @@ def test_lms_coefficients_without_scipy_are_the_integral():
     lms = ddim.diffusers_scheduler("lms", SD_V1_SCHEDULER, 20)
     sigmas = lms.sigmas.double().numpy()
     for order, t, current in ((1, 3, 0), (2, 5, 1), (4, 9, 0), (4, 9, 3)):
-        def basis(tau):
+        def basis(tau, order=order, t=t, current=current):
             prod = np.ones_like(tau)
             for k in range(order):
                 if k != current:
