@@ -451,11 +451,11 @@ def edit(
     job = edit_job(flags, where)
     store = _store()
     with _Progress(quiet) as progress:
-        s = job.settings
-        if seed is not None and s.inversion and s.eta == 0:
-            progress.log(f"note: --seed {seed} changes nothing here: DDIM from the inversion with --eta 0 draws "
-                         "no noise (add --eta or --no-inversion for the seed to matter)")
         results = run_edit(job, store, progress)
+        s = job.settings
+        if seed is not None and s.inversion and s.eta == 0:  # after the edit: a failed one says only why
+            progress.log(f"note: --seed {seed} changed nothing: DDIM from the inversion with --eta 0 draws no "
+                         "noise (add --eta or --no-inversion for the seed to matter)")
     if as_json:
         artifact = store.resolve(split(ref)[0])
         _stdout().print_json(json.dumps({
