@@ -1,17 +1,19 @@
-"""DDIM inversion and sampling for video latents (Tune-A-Video, §3.4), as plain functions."""
+"""DDIM inversion and sampling for video latents (Tune-A-Video, §3.4), as plain functions.
+
+Like `attention`, this module imports only torch, diffusers and (relatively) `attention`: `tav export
+--format diffusers` copies both verbatim, so an exported pipeline samples with this very code. How the
+UNet is called fast (CUDA graphs, autocast) is `tavcli.method.denoiser`'s business, passed in as `unet`.
+"""
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from tavcli.engine.graphs import CudaGraph
-from tavcli.engine.runtime import autocast_for
-from tavcli.method.attention import video_forward
+from .attention import video_forward  # relative: the same line works in an exported folder
 
 
 @dataclass(frozen=True)
@@ -46,44 +48,19 @@ def ddim_step(x: torch.Tensor, eps: torch.Tensor, a_from: torch.Tensor, a_to: to
     return (a_to.sqrt() * x0 + (1 - a_to).sqrt() * eps).to(x.dtype)
 
 
-class Denoiser:
-    """The UNet's noise prediction during sampling. On a GPU, each input shape's forward runs as a CUDA graph
-    (`tavcli.engine.graphs`): sampling is dominated by launching ~1,700 small kernels per UNet call, which a
-    replay issues in one go. One Denoiser serves every prompt of an edit, and inversion and sampling alike.
-    """
-
-    warmup = 2  # eager calls per shape before its capture (lazy inits, cuDNN autotuning)
-
-    def __init__(self, unet: nn.Module, cuda_graphs: bool = True):
-        self.unet = unet
-        mixed = not isinstance(autocast_for(unet), contextlib.nullcontext)  # autocast's caches break replay
-        self.graphs = cuda_graphs and unet.conv_in.weight.device.type == "cuda" and not mixed
-        self._graphed: dict[tuple, tuple] = {}
-
-    def __call__(self, x: torch.Tensor, t: int, text: torch.Tensor) -> torch.Tensor:
-        if not self.graphs:
-            with autocast_for(self.unet):
-                return video_forward(self.unet, x, t, text).float()
-        key = (tuple(x.shape), tuple(text.shape))
-        if key not in self._graphed:
-            static_x, static_text = torch.empty_like(x), torch.empty_like(text)
-            static_t = torch.zeros((), dtype=torch.long, device=x.device)  # a device tensor: no copy in replay
-            graph = CudaGraph(lambda: video_forward(self.unet, static_x, static_t, static_text), self.warmup)
-            self._graphed[key] = graph, static_x, static_t, static_text
-        graph, static_x, static_t, static_text = self._graphed[key]
-        static_x.copy_(x)
-        static_t.fill_(t)
-        static_text.copy_(text)
-        return graph().to(torch.float32, copy=True)  # a replay overwrites its output at the next call
+Denoise = Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor]  # (x, t, text) -> predicted noise, fp32
 
 
-def _denoiser(unet: nn.Module | Denoiser) -> Denoiser:
-    return unet if isinstance(unet, Denoiser) else Denoiser(unet)
+def _denoiser(unet: nn.Module | Denoise) -> Denoise:
+    """A UNet's noise prediction as a function; tav passes its graph-capturing `denoiser.Denoiser` instead."""
+    if not isinstance(unet, nn.Module):
+        return unet
+    return lambda x, t, text: video_forward(unet, x, t, text).float()
 
 
 @torch.no_grad()
 def invert(
-    unet: nn.Module | Denoiser, latents: torch.Tensor, text: torch.Tensor, schedule: Schedule,
+    unet: nn.Module | Denoise, latents: torch.Tensor, text: torch.Tensor, schedule: Schedule,
     callback: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
     """Run DDIM backwards from clean latents (B, F, 4, h, w) to the noise that regenerates them."""
@@ -97,7 +74,7 @@ def invert(
 
 @torch.no_grad()
 def sample(
-    unet: nn.Module | Denoiser, noise: torch.Tensor, text: torch.Tensor, uncond: torch.Tensor, schedule: Schedule,
+    unet: nn.Module | Denoise, noise: torch.Tensor, text: torch.Tensor, uncond: torch.Tensor, schedule: Schedule,
     guidance: float, callback: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
     """DDIM sampling with classifier-free guidance; cond and uncond go through the UNet as one batch."""

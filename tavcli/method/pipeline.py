@@ -23,7 +23,9 @@ from torch import nn
 from tavcli.engine import compiling
 from tavcli.engine.runtime import Runtime
 from tavcli.method import adapters, ddim
+from tavcli.engine.geglu import recompute_geglus
 from tavcli.method.attention import inflate
+from tavcli.method.denoiser import Denoiser
 from tavcli.method.models import Base, decode_latents, encode_frames, encode_prompts, encoders_parked
 from tavcli.method.params import AdapterSpec, Attention, EditSettings, TuneSettings
 from tavcli.method.tuning import ClipLatents, Loop, TuneState, tune
@@ -45,6 +47,7 @@ class TuneAVideo:
     def create(cls, base: Base, spec: AdapterSpec = AdapterSpec()) -> TuneAVideo:
         """Inflate the base's UNet in place (as `spec` says) and make `spec`'s parameters trainable."""
         inflate(base.unet, attention=spec.attention, norm=spec.norm, seed=spec.temporal_seed)
+        recompute_geglus(base.unet)  # same outputs and gradients, a third less kept for backward in the FFs
         return cls(base, spec, adapters.attach(base.unet, spec))
 
     @classmethod
@@ -54,6 +57,7 @@ class TuneAVideo:
         if attention is not None:
             spec = spec.replace(attention=attention)
         inflate(base.unet, attention=spec.attention, norm=spec.norm, seed=spec.temporal_seed)
+        recompute_geglus(base.unet)
         adapters.load_adapter(base.unet, folder)
         base.unet.to(base.dtype)
         return cls(base, spec, [], tuned_state={})
@@ -129,7 +133,7 @@ class TuneAVideo:
         """DDIM-invert the clip's latents (posterior mean) with the empty prompt: (1, F, 4, h, w)."""
         mean, _ = self.latents(frames)
         schedule = ddim.ddim_schedule(self.base.scheduler_config, steps)
-        denoise = ddim.Denoiser(self.unet, runtime.cuda_graphs)
+        denoise = Denoiser(self.unet, runtime.cuda_graphs)
         return ddim.invert(denoise, mean, encode_prompts(self.base, [""]), schedule, callback)
 
     def generate(self, prompts: list[str], settings: EditSettings = EditSettings(),
@@ -148,7 +152,7 @@ class TuneAVideo:
             noise = torch.randn(1, frames, 4, height // f, width // f, generator=g).to(self.base.device)
         schedule = ddim.ddim_schedule(self.base.scheduler_config, settings.steps)
         uncond = encode_prompts(self.base, [settings.negative_prompt])
-        denoise = ddim.Denoiser(self.unet, runtime.cuda_graphs)  # one capture serves every prompt
+        denoise = Denoiser(self.unet, runtime.cuda_graphs)  # one capture serves every prompt
         videos = []
         for text in encode_prompts(self.base, prompts).split(1):
             latents = ddim.sample(denoise, noise, text, uncond, schedule, settings.guidance, callback)
