@@ -548,8 +548,8 @@ def _show_lines(a) -> list[str]:
         f"video     {m.video.frames} frames, {m.video.width}×{m.video.height}, {m.video.fps:g} fps, {m.video.resize}",
         f"base      {m.base.name}" + (f" @ {m.base.revision}" if m.base.revision else "")
         + (" (built-in random weights: its pictures are noise)" if builtin.is_random(m.base.name) else ""),
-        f"adapter   {adapter}, {spec.attention} attention, {spec.norm} norm, {_adapter_dtype(a)}, "
-        f"{_human_bytes(a.size_bytes())}",
+        (f"adapter   {adapter}, {spec.attention} attention, {spec.norm} norm, {_adapter_dtype(a)}, "
+         f"{_human_bytes(a.size_bytes())}"),
         f"tuning    {t.steps} steps, lr {t.lr}, seed {t.seed}" + (f", weight decay {t.weight_decay}"
                                                                    if t.weight_decay is not None else ""),
         f"run       {run.device} {run.dtype}" + (f", {run.seconds} s" if run.seconds is not None else "")
