@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from tavcli.faces.bench import _base_folder
-from tavcli.method.ddim import Denoiser
+from tavcli.method.denoiser import Denoiser
 from tavcli.method.models import encode_frames, encode_prompts, load_base
 from tavcli.method.pipeline import TuneAVideo, _alphas_cumprod
 from tavcli.method.tuning import ClipLatents, TuneSettings, tune

@@ -12,7 +12,7 @@ import time
 import torch
 
 from tavcli.faces.bench import _base_folder
-from tavcli.method.ddim import Denoiser
+from tavcli.method.denoiser import Denoiser
 from tavcli.method.models import load_base
 from tavcli.method.pipeline import TuneAVideo
 

@@ -19,6 +19,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from tavcli.faces.bench import _base_folder
 from tavcli.method import ddim
+from tavcli.method.denoiser import Denoiser
 from tavcli.method.models import encode_prompts, load_base
 from tavcli.method.pipeline import TuneAVideo
 from tavcli.method.tuning import TuneSettings
@@ -55,11 +56,11 @@ def main() -> None:
     context = sdpa_kernel(BACKENDS[name]) if name in BACKENDS else contextlib.nullcontext()
     steps: list[float] = []
     with context:
-        noise, out["inversion_s"] = timed(lambda: ddim.invert(ddim.Denoiser(tav.unet), mean, empty, schedule,
+        noise, out["inversion_s"] = timed(lambda: ddim.invert(Denoiser(tav.unet), mean, empty, schedule,
                                                                lambda i: (sync(), steps.append(time.perf_counter()))))
         out["inversion_ms_per_step"] = round(float(np.median(np.diff(steps))) * 1000, 1)
         for attempt in ("sampling_first_s", "sampling_second_s"):  # 50 guided steps, no decode
-            latents, out[attempt] = timed(lambda: ddim.sample(ddim.Denoiser(tav.unet), noise, text, empty,
+            latents, out[attempt] = timed(lambda: ddim.sample(Denoiser(tav.unet), noise, text, empty,
                                                               schedule, 12.5))
     out["noise_checksum"] = round(float(noise.double().abs().mean()), 5)
     out["latents_checksum"] = round(float(latents.double().abs().mean()), 5)

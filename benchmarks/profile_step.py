@@ -1,6 +1,6 @@
 """Where a tuning step, an inversion call and a guided sampling call spend GPU time, by kernel family
 (torch.profiler, eager, no CUDA graphs), and where the first inversion step's seconds go; random SD v1.4
-weights, the same `tuning.tune` and `ddim.Denoiser` that `tav tune` and `tav edit` run.
+weights, the same `tuning.tune` and `denoiser.Denoiser` that `tav tune` and `tav edit` run.
 
     python benchmarks/profile_step.py [--frames 8] [--size 512] [--json out.json]
 """
@@ -19,7 +19,7 @@ from torch.profiler import ProfilerActivity, profile
 from tavcli.engine.runtime import Runtime
 from tavcli.faces.bench import _base_folder
 from tavcli.method.attention import video_forward
-from tavcli.method.ddim import Denoiser
+from tavcli.method.denoiser import Denoiser
 from tavcli.method.models import encode_frames, encode_prompts, load_base
 from tavcli.method.pipeline import TuneAVideo, _alphas_cumprod
 from tavcli.method.tuning import ClipLatents, TuneSettings, tune

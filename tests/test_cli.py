@@ -486,7 +486,8 @@ def test_rm_two_refs_and_all_or_nothing(cli, home, source_mp4, tiny_base_dir):
 def test_export_peft(cli, home, tmp_path):
     r = cli("export", "slide", tmp_path / "peft", "--format", "peft")
     assert (r.code, r.stdout.strip()) == (0, str(tmp_path / "peft"))
-    assert sorted(p.name for p in (tmp_path / "peft").iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "peft").iterdir()) == ["README.md", "adapter_config.json",
+                                                                     "adapter_model.safetensors", "samples"]
     assert_error(cli("export", "slide", tmp_path / "peft", "--format", "peft"), 2, "exists", "--force")
 
 

@@ -152,7 +152,7 @@ def test_tune_export_official_import_official_edit(cli, home, tmp_path, tiny_bas
     assert (r.code, r.stdout) == (0, f"{out}\n"), r.stderr
 
     assert {p.name for p in out.iterdir()} == {"unet", "vae", "text_encoder", "tokenizer", "scheduler",
-                                              "model_index.json", "inv_latents", "config.yaml"}
+                                              "model_index.json", "inv_latents", "config.yaml", "README.md", "samples"}
     assert {p.name for p in (out / "unet").iterdir()} == {"config.json", "diffusion_pytorch_model.bin"}
     unet_config = json.loads((out / "unet" / "config.json").read_text())
     assert unet_config["_class_name"] == "UNet3DConditionModel"
@@ -181,7 +181,8 @@ def test_tune_export_official_import_official_edit(cli, home, tmp_path, tiny_bas
     assert "Traceback" not in r.stderr
     imported = artifact(home, "x")
     assert imported.short_id == sid
-    assert_same_tensors(tensors(imported, ADAPTER), tensors(orig, ADAPTER))  # bit for bit, fp16 as stored
+    # bit for bit: the official weights are fp32 (of tav's fp16 values), and the import keeps them fp32
+    assert_same_tensors(tensors(imported, ADAPTER), {k: v.float() for k, v in tensors(orig, ADAPTER).items()})
     assert json.loads(imported.file("adapter/adapter_config.json").read_text()) == \
         json.loads(orig.file("adapter/adapter_config.json").read_text())
     assert_same_tensors(tensors(imported, "inversion.safetensors"), tensors(orig, "inversion.safetensors"))
@@ -228,9 +229,10 @@ def test_import_official_without_inversion_needs_no_inversion(cli, empty_home, t
                                         "--no-inversion"
     a = artifact(empty_home, "noinv")
     assert set(a.manifest["files"]) == {"adapter/adapter_config.json", ADAPTER}  # no inversion, no source
-    tuned = {k: v.to(torch.float16) for k, v in state.items() if k.endswith(TUNED)}
-    assert len(tuned) == 7 * 4
-    assert_same_tensors(tensors(a, ADAPTER), tuned)
+    tuned = {k: v for k, v in state.items() if k.endswith(TUNED)}
+    assert len(tuned) == 7 * 4 and {v.dtype for v in tuned.values()} == {torch.float32}
+    assert_same_tensors(tensors(a, ADAPTER), tuned)  # in the checkpoint's own precision: one-step deltas survive
+    assert "clip norm, float32, " in cli("show", "noinv").stdout
     m = a.manifest
     assert m["inversion"] is None and m["source"]["indices"] == [1, 4, 7, 10]
     assert (m["tuning"]["steps"], m["tuning"]["seed"], m["run"]["device"]) == (500, 33, "official")
@@ -329,9 +331,20 @@ def test_export_official_refuses_a_non_empty_target(cli, home, tmp_path):
     assert store_state(home) == before and tmp_leftovers(home) == []
 
 
+def test_import_official_dtype_chooses_the_stored_precision(cli, empty_home, tmp_path, official, tiny_base_dir):
+    state, config = official
+    run = write_run(tmp_path / "run", state, config, tiny_base_dir)
+    r = cli("import-official", run, "--name", "half", "--dtype", "fp16")
+    assert r.code == 0, r.stderr
+    tuned = {k: v.to(torch.float16) for k, v in state.items() if k.endswith(TUNED)}
+    assert_same_tensors(tensors(artifact(empty_home, "half"), ADAPTER), tuned)
+    assert "clip norm, float16, " in cli("show", "half").stdout
+    assert_error(cli("import-official", run, "--dtype", "fp8"), 2, "dtype", "fp32")
+
+
 def test_export_unknown_format(cli, home, tmp_path):
     before = store_state(home)
-    assert_error(cli("export", "orig", tmp_path / "out", "--format", "diffusers"), 2, "'diffusers'", "tav", "peft",
+    assert_error(cli("export", "orig", tmp_path / "out", "--format", "onnx"), 2, "'onnx'", "tav", "diffusers", "peft",
                  "official")
     assert not (tmp_path / "out").exists() and store_state(home) == before
 
@@ -459,7 +472,7 @@ def test_single_file_artifact_exports_and_imports_as_official(cli, empty_home, w
     r = cli("import-official", out, "--base-config", cfg, "--name", "back", "-q")
     assert r.code == 0, r.stderr
     orig, back = artifact(empty_home, sid), artifact(empty_home, "back")
-    assert_same_tensors(tensors(back, ADAPTER), tensors(orig, ADAPTER))
+    assert_same_tensors(tensors(back, ADAPTER), {k: v.float() for k, v in tensors(orig, ADAPTER).items()})
     assert back.manifest["base"]["sha256"] == orig.manifest["base"]["sha256"]
 
 

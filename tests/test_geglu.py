@@ -56,10 +56,17 @@ def test_recomputing_geglu_keeps_a_third_less():
     assert kept_stock == proj + proj // 2  # stock also keeps gelu(gate)
 
 
-def test_inflate_swaps_every_geglu_and_keeps_the_state_dict(tiny_unet):
-    unet = tiny_unet()
-    keys = set(unet.state_dict())
-    inflate(unet)
-    kinds = {type(m) for m in unet.modules() if isinstance(m, GEGLU)}
+def test_tuning_swaps_every_geglu_and_keeps_the_state_dict(tiny_base):
+    """TuneAVideo swaps them; `inflate` alone leaves them stock (it is the code an exported folder runs)."""
+    from tavcli.method.pipeline import TuneAVideo
+
+    keys = set(tiny_base.unet.state_dict())
+    tav = TuneAVideo.create(tiny_base)
+    kinds = {type(m) for m in tav.unet.modules() if isinstance(m, GEGLU)}
     assert kinds == {RecomputingGEGLU}
-    assert keys <= set(unet.state_dict())
+    assert keys <= set(tav.unet.state_dict())
+
+
+def test_inflate_alone_keeps_stock_geglus(tiny_unet):
+    unet = inflate(tiny_unet())
+    assert {type(m) for m in unet.modules() if isinstance(m, GEGLU)} == {GEGLU}

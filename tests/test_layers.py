@@ -59,3 +59,20 @@ def test_the_layering_check_sees_a_violation(tmp_path):
     (fake / "method" / "bad.py").write_text("from tavcli.app.store import Store\nfrom ..app import jobs\n"
                                             "from . import video\nfrom .. import errors\n")
     assert [t for _, t in _tavcli_imports(fake / "method" / "bad.py", fake)] == ["app", "app", "method", "errors"]
+
+
+# Copied verbatim into `tav export --format diffusers` folders, which must load without tav installed.
+SELF_CONTAINED = ("attention.py", "ddim.py", "tune_a_video_pipeline.py", "tune_a_video_unet.py")
+
+
+@pytest.mark.parametrize("module", SELF_CONTAINED)
+def test_exported_modules_import_nothing_of_tav_but_each_other(module):
+    path = PACKAGE / "method" / module
+    tree = ast.parse(path.read_text())
+    absolute = [n.lineno for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))
+                and not getattr(n, "level", 0) and any(a.startswith("tavcli") for a in
+                                                        ([x.name for x in n.names] if isinstance(n, ast.Import)
+                                                         else [n.module or ""]))]
+    relative = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level}
+    assert not absolute, f"{module} imports tavcli at lines {absolute}"
+    assert relative <= {m.removesuffix(".py") for m in SELF_CONTAINED}, relative

@@ -286,7 +286,7 @@ class Store:
         if not isinstance(record, dict):
             raise BadInput(f"an edit record must be a dict, got {type(record).__name__}")
         try:
-            line = json.dumps(record, separators=(",", ":"), allow_nan=False).encode() + b"\n"
+            line = _edit_line(record)
         except (TypeError, ValueError) as e:
             raise BadInput(f"edit record is not JSON ({e}); pass only str, numbers, bools, lists, dicts") from None
         with self._locked(self.root / "locks" / f"{artifact.id}.lock"):
@@ -377,30 +377,50 @@ class Store:
         return dest
 
     def export_folder(self, artifact: Artifact, rel: str, dest: Path, force: bool = False) -> Path:
-        """Copy one folder of an artifact (its `adapter/`: a PEFT folder) to `dest`, verified, all or nothing:
-        written beside `dest` and renamed into place; an existing `dest` (with `force`) is swapped out first."""
+        """Copy one folder of an artifact (its `adapter/`: a PEFT folder) to `dest`, verified, all or nothing."""
+        with self.exporting_folder(artifact, dest, force) as part:
+            shutil.copytree(self._artifacts / artifact.id / rel, part, dirs_exist_ok=True,
+                            copy_function=shutil.copyfile)
+        return Path(dest)
+
+    @contextmanager
+    def exporting_folder(self, artifact: Artifact, dest: Path, force: bool = False) -> Iterator[Path]:
+        """Check `dest` and the artifact (verified), then give an empty folder beside `dest` to fill; when the
+        block ends it is renamed into place (an existing `dest`, with `force`, swapped out first), or removed
+        if the block fails: `dest` is never half-written."""
         dest = Path(dest)
-        if dest.exists() and not force:
-            raise BadInput(f"{dest} exists; use --force to overwrite")
-        if not dest.parent.is_dir():
-            raise BadInput(f"directory {dest.parent} does not exist; create it first")
+        check_folder_dest(dest, force)
         self.verify(artifact)
-        part = dest.parent / f".{dest.name}.{secrets.token_hex(4)}.part"
-        old = dest.parent / f".{dest.name}.{secrets.token_hex(4)}.old"
-        try:
-            shutil.copytree(self._artifacts / artifact.id / rel, part, copy_function=shutil.copyfile)
-            _fsync_tree(part)
-            if dest.exists():
-                os.rename(dest, old)  # out of the way; removed once the new folder is in place
-            os.rename(part, dest)
-        except BaseException:
-            _rm(part)
-            if old.exists() and not dest.exists():
-                os.rename(old, dest)  # put back what was there
-            raise
-        _rm(old)
-        _fsync(dest.parent)
-        return dest
+        with replacing_folder(dest) as part:
+            yield part
+
+    def import_files(self, manifest: dict, files: dict[str, Path], edits: list[dict], where: str) -> Artifact:
+        """An artifact from loose files (a folder `tav export` wrote): `files` maps each of the manifest's
+        relpaths to a file, whose size and sha256 must be the manifest's, as the manifest's must be its id.
+        `where` names the source in errors. Nothing reaches the store unless all of it checks out."""
+        def bad(why: str) -> BadInput:
+            return BadInput(f"{where} is not a tav export: {why}")
+
+        _check_manifest(manifest, bad, where, self.schema)
+        _check_content(manifest, bad, where, self.schema)
+        if set(files) != set(manifest["files"]):
+            raise bad(f"it lacks {sorted(set(manifest['files']) - set(files))[:1] or 'nothing'} or has "
+                      f"{sorted(set(files) - set(manifest['files']))[:1] or 'nothing'} beyond its manifest")
+        with self.staging() as stage:
+            for rel, meta in manifest["files"].items():
+                src, target = Path(files[rel]), stage / rel
+                if not src.is_file():
+                    raise bad(f"file '{src}' is missing")
+                if src.stat().st_size != meta["bytes"] or _sha256(src) != meta["sha256"]:
+                    raise Corrupt(f"{where}: {src.name} does not match its sha256 (damaged or altered); "
+                                  "export it again")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, target)
+                if _sha256(target) != meta["sha256"]:  # changed while copied
+                    raise Corrupt(f"{where}: {src.name} changed while it was read; import it again")
+            if edits:  # as an archive's: unfit records dropped, outputs (another machine's paths) too
+                (stage / "edits.jsonl").write_bytes(self._imported_edits(b"".join(_edit_line(e) for e in edits)))
+            return self.commit(stage, manifest)
 
     def import_file(self, src: Path) -> Artifact:
         src = Path(src)
@@ -652,6 +672,20 @@ def _read_export(zf: zipfile.ZipFile, src: Path, schema: Schema) -> tuple[dict, 
         manifest = json.loads(zf.read(members["manifest.json"]))
     except ValueError:
         raise bad("its manifest.json is not JSON") from None
+    _check_manifest(manifest, bad, src, schema)
+    files = manifest["files"]
+    for rel in files:
+        if f"files/{rel}" not in members:
+            raise bad(f"file '{rel}' of its manifest is not in it")
+    extra = sorted(n for n in members if n.startswith("files/") and n[len("files/"):] not in files)
+    if extra:
+        raise bad(f"member '{extra[0]}' is not in its manifest")
+    _check_content(manifest, bad, src, schema)  # before any byte is extracted
+    return manifest, members
+
+
+def _check_manifest(manifest: object, bad: Callable[[str], BadInput], src: object, schema: Schema) -> None:
+    """Refuse (with `bad(why)`) a manifest whose schema version, files or id are not what `commit` writes."""
     version = manifest.get("schema") if isinstance(manifest, dict) else None
     if type(version) is int and version > schema.version:
         raise BadInput(f"{src} has schema {version}, newer than this tav reads ({schema.version}); upgrade tav")
@@ -661,20 +695,73 @@ def _read_export(zf: zipfile.ZipFile, src: Path, schema: Schema) -> tuple[dict, 
     if not isinstance(files, dict) or not isinstance(manifest.get("id"), str):
         raise bad("its manifest lacks files or id")
     for rel, meta in files.items():
-        if rel in _RESERVED or f"files/{rel}" not in members:
-            raise bad(f"file '{rel}' of its manifest is not in it")
+        if rel in _RESERVED or not _safe_member(f"files/{rel}"):
+            raise bad(f"its manifest names an unsafe file '{rel}'")
         if not isinstance(meta, dict) or not isinstance(meta.get("sha256"), str) or type(meta.get("bytes")) is not int:
             raise bad(f"its manifest entry for '{rel}' is malformed")
-    extra = sorted(n for n in members if n.startswith("files/") and n[len("files/"):] not in files)
-    if extra:
-        raise bad(f"member '{extra[0]}' is not in its manifest")
-    if _content_id(manifest) != manifest["id"]:  # checked before any byte is extracted
+
+
+def _check_content(manifest: dict, bad: Callable[[str], BadInput], src: object, schema: Schema) -> None:
+    """Refuse a manifest altered since its id was computed, or one that does not fit the schema."""
+    if _content_id(manifest) != manifest["id"]:
         raise Corrupt(f"{src}: its manifest does not match its id (altered?); export it again")
     try:  # a hash-consistent manifest can still be one no tav wrote: it must fit the schema
         schema.read(manifest)
     except ValueError as e:
-        raise bad(f"its manifest does not fit schema {version} ({e})") from None
-    return manifest, members
+        raise bad(f"its manifest does not fit schema {manifest['schema']} ({e})") from None
+
+
+_SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+
+
+def tensor_dtypes(path: Path) -> list[str]:
+    """The dtypes of a .safetensors file's tensors, read from its JSON header alone (no model library)."""
+    try:
+        with open(path, "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(min(size, 100_000_000)))
+        kinds = {v["dtype"] for k, v in header.items() if k != "__metadata__"}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
+        raise Corrupt(f"{path} is not a readable safetensors file ({e})") from None
+    return sorted(_SAFETENSORS_DTYPES.get(d, d.lower()) for d in kinds)
+
+
+def _edit_line(record: dict) -> bytes:
+    """One line of an edit log, as `append_edit` writes it."""
+    return json.dumps(record, separators=(",", ":"), allow_nan=False).encode() + b"\n"
+
+
+def check_folder_dest(dest: Path, force: bool) -> None:
+    """Refuse a folder destination that exists (non-empty, unless `force`) or whose parent does not."""
+    if dest.exists() and not dest.is_dir():
+        raise BadInput(f"{dest} is a file; give a folder path")
+    if dest.is_dir() and any(dest.iterdir()) and not force:
+        raise BadInput(f"{dest} exists and is not empty; choose a new folder or use --force to replace it")
+    if not dest.parent.is_dir():
+        raise BadInput(f"directory {dest.parent} does not exist; create it first")
+
+
+@contextmanager
+def replacing_folder(dest: Path) -> Iterator[Path]:
+    """An empty folder beside `dest`, renamed into place when the block ends (what was at `dest` swapped out
+    and removed), or removed when it fails: `dest` is the old folder or the whole new one, never half of it."""
+    dest = Path(dest)
+    part = dest.parent / f".{dest.name}.{secrets.token_hex(4)}.part"
+    old = dest.parent / f".{dest.name}.{secrets.token_hex(4)}.old"
+    part.mkdir()
+    try:
+        yield part
+        _fsync_tree(part)
+        if dest.exists():
+            os.rename(dest, old)  # out of the way; removed once the new folder is in place
+        os.rename(part, dest)
+    except BaseException:
+        _rm(part)
+        if old.exists() and not dest.exists():
+            os.rename(old, dest)  # put back what was there
+        raise
+    _rm(old)
+    _fsync(dest.parent)
 
 
 def _extract(zf: zipfile.ZipFile, info: zipfile.ZipInfo, stage: Path, rel: str, meta: dict, src: Path) -> None:

@@ -546,6 +546,16 @@ def _sparkline(values: list[float], width: int = 40) -> str:
     return "".join(bars[int((p - lo) / (hi - lo) * 7) if hi > lo else 0] for p in points)
 
 
+def _adapter_dtype(artifact) -> str:
+    """The stored adapter's precision, from its safetensors header (no model library needed)."""
+    from tavcli.app.store import tensor_dtypes
+
+    try:
+        return "/".join(tensor_dtypes(artifact.file("adapter/adapter_model.safetensors"))) or "no tensors"
+    except TavError:
+        return "unreadable"
+
+
 def _show_lines(a) -> list[str]:
     """`tav show`'s text: the typed manifest, one labelled line per part."""
     m = Manifest.of(a)
@@ -560,7 +570,8 @@ def _show_lines(a) -> list[str]:
         f"video     {m.video.frames} frames, {m.video.width}×{m.video.height}, {m.video.fps:g} fps, {m.video.resize}",
         f"base      {m.base.name}" + (f" @ {m.base.revision}" if m.base.revision else "")
         + (" (built-in random weights: its pictures are noise)" if builtin.is_random(m.base.name) else ""),
-        f"adapter   {adapter}, {spec.attention} attention, {spec.norm} norm, {_human_bytes(a.size_bytes())}",
+        (f"adapter   {adapter}, {spec.attention} attention, {spec.norm} norm, {_adapter_dtype(a)}, "
+         f"{_human_bytes(a.size_bytes())}"),
         f"tuning    {t.steps} steps, lr {t.lr}, seed {t.seed}" + (f", weight decay {t.weight_decay}"
                                                                    if t.weight_decay is not None else ""),
         f"run       {run.device} {run.dtype}" + (f", {run.seconds} s" if run.seconds is not None else "")
@@ -635,43 +646,68 @@ def _checkpoints(a, m: Manifest, kept) -> list[dict]:
 @_errors
 def export(
     ref: Annotated[str, typer.Argument(help="Artifact id, unique id prefix, or name (REF@STEP: a checkpoint).")],
-    dest: Annotated[Path, typer.Argument(help="A .tav file, or a folder with --format peft or official.")],
-    fmt: Annotated[str, typer.Option("--format", help="tav (one portable file), peft (the adapter folder) or "
-                                     "official (a pipeline folder the official Tune-A-Video code loads).")] = "tav",
-    force: Annotated[bool, typer.Option("--force", help="Overwrite DEST (tav, peft); with official: use --base even "
-                                        "if it is not the one tuned on.")] = False,
-    base: Annotated[str | None, _option(EditJob, "base", help="With official: the base whose weights go in.")] = None,
-    base_config: Annotated[str | None, _option(EditJob, "base_config", help="With official: configs for a "
-                                               "single-file base.")] = None,
+    dest: Annotated[Path, typer.Argument(help="A .tav file, or a folder with --format diffusers, peft or official.")],
+    fmt: Annotated[str, typer.Option("--format", help="tav (one portable file), diffusers (a folder diffusers "
+                                     "loads without tav), peft (the adapter folder) or official (a pipeline folder "
+                                     "the official Tune-A-Video code loads).")] = "tav",
+    light: Annotated[bool, typer.Option("--light", help="With diffusers: no base weights in the folder, only the "
+                                        "tuned UNet's adapter, the code and the inversion; the base is named "
+                                        "(--base, default the one tuned on).")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite DEST (tav, diffusers, peft); with diffusers or "
+                                        "official: use --base even if it is not the one tuned on.")] = False,
+    base: Annotated[str | None, _option(EditJob, "base", help="With diffusers or official: the base whose weights "
+                                        "go in; with --light, the base the folder names (a hub id, for "
+                                        "sharing).")] = None,
+    base_config: Annotated[str | None, _option(EditJob, "base_config", help="With diffusers or official: configs "
+                                               "for a single-file base.")] = None,
     quiet: Quiet = False,
 ) -> None:
-    """Write an artifact as one portable .tav file, its adapter as a PEFT folder, or an official pipeline folder;
-    REF@STEP writes that checkpoint's adapter (peft, official)."""
+    """Write an artifact as one portable .tav file, a diffusers pipeline folder, its adapter as a PEFT folder, or
+    an official pipeline folder; folders carry a model card (README.md). REF@STEP writes that checkpoint's
+    adapter (peft, official)."""
     from tavcli.app import refs
 
     store = _store()
     target = refs.resolve(store, ref)
-    if fmt not in ("tav", "peft", "official"):
-        raise BadInput(f"unknown export format {fmt!r}; choose tav, peft or official")
-    if fmt == "tav" and not target.final:
-        raise BadInput(f"a .tav file holds the whole artifact with every checkpoint; export "
-                       f"{target.artifact.name or target.artifact.short_id}, or {ref} with --format peft or official")
+    if fmt not in ("tav", "diffusers", "peft", "official"):
+        raise BadInput(f"unknown export format {fmt!r}; choose tav, diffusers, peft or official")
+    if light and fmt != "diffusers":
+        raise BadInput("--light is for --format diffusers only")
+    if fmt in ("tav", "diffusers") and not target.final:
+        what = "a .tav file holds the whole artifact with every checkpoint" if fmt == "tav" else \
+            "a diffusers folder holds the artifact's final adapter (and `tav import` gives the artifact back)"
+        raise BadInput(f"{what}; export {target.artifact.name or target.artifact.short_id}, or {ref} with "
+                       "--format peft or official")
     if fmt == "official":
         from tavcli.app.official.jobs import export_official
 
         with _Progress(quiet) as progress:
             typer.echo(str(export_official(ref, dest, store, base, base_config, force, progress)))
+    elif fmt == "diffusers":
+        from tavcli.app.interop import export_diffusers
+
+        with _Progress(quiet) as progress:
+            typer.echo(str(export_diffusers(target.artifact.id, dest, store, light, base, base_config, force,
+                                            progress)))
     elif fmt == "tav":
         typer.echo(str(store.export(target.artifact, dest, force=force)))
     else:
-        typer.echo(str(store.export_folder(target.artifact, target.adapter_folder, dest, force=force)))
+        from tavcli.app.interop import export_peft
+
+        typer.echo(str(export_peft(target.artifact, target.adapter_folder, dest, store, force=force)))
 
 
 @app.command("import")
 @_errors
-def import_(file: Annotated[Path, typer.Argument(help="A .tav file made by `tav export`.")]) -> None:
+def import_(source: Annotated[Path, typer.Argument(help="A .tav file, or a folder written by `tav export "
+                                                   "--format diffusers`.")]) -> None:
     """Bring an exported artifact into this store (hashes verified); print its id."""
-    typer.echo(_store().import_file(file).short_id)
+    if source.is_dir():
+        from tavcli.app.interop import import_diffusers
+
+        typer.echo(import_diffusers(source, _store()).short_id)
+    else:
+        typer.echo(_store().import_file(source).short_id)
 
 
 @app.command("import-official")
@@ -682,10 +718,12 @@ def import_official(
     base_config: Annotated[str | None, _option(_official_job(), "base_config")] = None,
     name: Name = None,
     prompt: Annotated[str | None, _option(_official_job(), "prompt")] = None,
+    dtype: Annotated[str | None, _option(_official_job(), "dtype")] = None,
     as_json: Json = False,
     quiet: Quiet = False,
 ) -> None:
-    """Turn an official Tune-A-Video tuned model into a tav artifact (a `full` adapter); print its id."""
+    """Turn an official Tune-A-Video tuned model into a tav artifact (a `full` adapter, kept in the checkpoint's
+    precision unless --dtype says otherwise); print its id."""
     from tavcli.app.official.jobs import ImportOfficialJob
     from tavcli.app.official.jobs import import_official as run_import
     from tavcli.settings import build

@@ -12,6 +12,11 @@
 
 Frames stay folded into the batch: a clip of F frames is a batch of B*F images. The frame count reaches
 the added modules through one `ClipContext` shared by them (per UNet, not global), set by `video_forward`.
+
+This module imports nothing but torch and diffusers: `tav export --format diffusers` copies it verbatim
+into the folder it writes, so a model used without tav runs this very code (tests/test_interop.py checks).
+Modes are plain strings here (tav's `params.Attention`/`Norm` enums are strings too); an unknown one is a
+ValueError, which tav's settings never let through.
 """
 
 from __future__ import annotations
@@ -27,10 +32,8 @@ from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from diffusers.models.resnet import ResnetBlock2D
 from torch import nn
 
-from tavcli.engine.geglu import recompute_geglus
-from tavcli.errors import BadInput
-from tavcli.method.params import Attention as AttentionMode
-from tavcli.method.params import Norm
+ATTENTION_MODES = ("sparse-causal", "first-frame", "full", "frame")  # tav's params.Attention, in order
+NORMS = ("clip", "frame")  # tav's params.Norm
 
 
 @dataclass
@@ -38,14 +41,14 @@ class ClipContext:
     """What the modules tav adds to one UNet need to know about the current call."""
 
     frames: int = 1
-    attention: AttentionMode = AttentionMode.SPARSE_CAUSAL
+    attention: str = "sparse-causal"
     temporal_seed: int = 0
 
 
 def clip_context(unet: nn.Module) -> ClipContext:
     ctx = getattr(unet, "tav_clip", None)
     if ctx is None:
-        raise ValueError("this UNet has not been inflated: call tavcli.method.attention.inflate(unet) first")
+        raise ValueError("this UNet has not been inflated: call inflate(unet) first")
     return ctx
 
 
@@ -63,7 +66,7 @@ def key_frames(frames: int, mode: str) -> list[list[int]]:
         return [list(range(frames)) for _ in range(frames)]
     if mode == "frame":
         return [[i] for i in range(frames)]
-    raise BadInput(f"unknown attention mode {mode!r}; choose one of {', '.join(AttentionMode.choices())}")
+    raise ValueError(f"unknown attention mode {mode!r}; choose one of {', '.join(ATTENTION_MODES)}")
 
 
 def source_frames(x: torch.Tensor, mode: str) -> torch.Tensor:
@@ -85,7 +88,7 @@ def source_frames(x: torch.Tensor, mode: str) -> torch.Tensor:
         return x[:, None].expand(b, f, f, *x.shape[2:])
     if mode == "frame":
         return x[:, :, None]
-    raise BadInput(f"unknown attention mode {mode!r}; choose one of {', '.join(AttentionMode.choices())}")
+    raise ValueError(f"unknown attention mode {mode!r}; choose one of {', '.join(ATTENTION_MODES)}")
 
 
 class FrameAttnProcessor:
@@ -268,26 +271,26 @@ def _transformer_blocks(unet: nn.Module) -> list[BasicTransformerBlock]:
     return [m for m in unet.modules() if isinstance(m, BasicTransformerBlock)]
 
 
-def set_attention_mode(unet: nn.Module, mode: AttentionMode | str) -> None:
+def set_attention_mode(unet: nn.Module, mode: str) -> None:
     """Switch every attn1 between sparse-causal, first-frame, full and per-frame attention."""
-    mode = _mode(AttentionMode, mode)
+    mode = _mode("attention", ATTENTION_MODES, mode)
     ctx = clip_context(unet)
     ctx.attention = mode
     for block in _transformer_blocks(unet):
         block.attn1.set_processor(AttnProcessor2_0() if mode == "frame" else FrameAttnProcessor(ctx))
 
 
-def _mode(kind: type[AttentionMode] | type[Norm], value: str) -> AttentionMode | Norm:
-    try:
-        return kind(value)
-    except ValueError:
-        raise BadInput(f"unknown {kind.__name__.lower()} mode {value!r}; choose one of {', '.join(kind.choices())}") from None
+def _mode(kind: str, choices: tuple[str, ...], value: str) -> str:
+    """`value` as a plain string (an enum member of tav's gives its value), refused unless one of `choices`."""
+    if str(value) not in choices:
+        raise ValueError(f"unknown {kind} mode {value!r}; choose one of {', '.join(choices)}")
+    return str(value)
 
 
 def inflate(
     unet: nn.Module,
-    attention: AttentionMode | str = AttentionMode.SPARSE_CAUSAL,
-    norm: Norm | str = Norm.CLIP,
+    attention: str = "sparse-causal",
+    norm: str = "clip",
     temporal: bool = True,
     seed: int = 0,
 ) -> nn.Module:
@@ -298,7 +301,7 @@ def inflate(
     """
     if hasattr(unet, "tav_clip"):
         raise ValueError("this UNet is already inflated")
-    norm = _mode(Norm, norm)
+    norm = _mode("norm", NORMS, norm)
     ctx = ClipContext()
     unet.tav_clip = ctx
     set_attention_mode(unet, attention)
@@ -317,7 +320,6 @@ def inflate(
         for block in _transformer_blocks(unet):
             block.norm_temp.to(device=ref.device, dtype=ref.dtype)
             block.attn_temp.to(device=ref.device, dtype=ref.dtype)
-    recompute_geglus(unet)  # same outputs and gradients, a third less kept for backward in the FFs
     return unet
 
 

@@ -1,14 +1,17 @@
 """DDIM inversion and sampling for video latents (Tune-A-Video, §3.4), as plain functions.
 
-A sampler is a function of a noise predictor (the `Denoiser`, which the engine may run as CUDA graphs),
-a start latent, the text and a schedule, as k-diffusion's are: `sample` is tav's DDIM (eta 0 by default,
-the paper's; eta > 0 with a seeded `noise_sampler`), `invert` runs it backwards (all of it, or the first
-steps of it for a partial inversion), and `sample_with` runs one of diffusers' schedulers from noise.
+A sampler is a function of a noise predictor (a callable (x, t, text) -> noise, which tav's
+`tavcli.method.denoiser.Denoiser` may run as CUDA graphs), a start latent, the text and a schedule, as
+k-diffusion's are: `sample` is tav's DDIM (eta 0 by default, the paper's; eta > 0 with a seeded
+`noise_sampler`), `invert` runs it backwards (all of it, or the first steps of it for a partial inversion),
+and `sample_with` runs one of diffusers' schedulers from noise.
+
+Like `attention`, this module imports only torch, diffusers and (relatively) `attention`: `tav export
+--format diffusers` copies both verbatim, so an exported pipeline samples with this very code.
 """
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,10 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from tavcli.engine.graphs import CudaGraph
-from tavcli.engine.runtime import autocast_for
-from tavcli.method.attention import video_forward
-from tavcli.method.params import Scheduler
+from .attention import video_forward  # relative: the same line works in an exported folder
 
 
 @dataclass(frozen=True)
@@ -73,48 +73,21 @@ def seeded_noise(seeds: tuple[int, ...] | list[torch.Generator], like: torch.Ten
     return lambda: torch.cat([torch.randn(shape, generator=g) for g in generators]).to(like.device)
 
 
-class Denoiser:
-    """The UNet's noise prediction during sampling. On a GPU, each input shape's forward runs as a CUDA graph
-    (`tavcli.engine.graphs`): sampling is dominated by launching ~1,700 small kernels per UNet call, which a
-    replay issues in one go. One Denoiser serves every prompt of an edit, and inversion and sampling alike.
-    """
-
-    warmup = 2  # eager calls per shape before its capture (lazy inits, cuDNN autotuning)
-
-    def __init__(self, unet: nn.Module, cuda_graphs: bool = True):
-        self.unet = unet
-        mixed = not isinstance(autocast_for(unet), contextlib.nullcontext)  # autocast's caches break replay
-        self.graphs = cuda_graphs and unet.conv_in.weight.device.type == "cuda" and not mixed
-        self._graphed: dict[tuple, tuple] = {}
-
-    def __call__(self, x: torch.Tensor, t: int | float | torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        if not self.graphs:
-            with autocast_for(self.unet):
-                return video_forward(self.unet, x, t, text).float()
-        fractional = torch.is_floating_point(torch.as_tensor(t))  # Euler's and LMS's timesteps are not whole
-        key = (tuple(x.shape), tuple(text.shape), fractional)
-        if key not in self._graphed:
-            static_x, static_text = torch.empty_like(x), torch.empty_like(text)
-            static_t = torch.zeros((), dtype=torch.float32 if fractional else torch.long,
-                                   device=x.device)  # a device tensor: no copy in replay
-            graph = CudaGraph(lambda: video_forward(self.unet, static_x, static_t, static_text), self.warmup)
-            self._graphed[key] = graph, static_x, static_t, static_text
-        graph, static_x, static_t, static_text = self._graphed[key]
-        static_x.copy_(x)
-        static_t.fill_(t)
-        static_text.copy_(text)
-        return graph().to(torch.float32, copy=True)  # a replay overwrites its output at the next call
+Denoise = Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor]  # (x, t, text) -> predicted noise, fp32
 
 
-def _denoiser(unet: nn.Module | Denoiser) -> Denoiser:
-    return unet if isinstance(unet, Denoiser) else Denoiser(unet)
+def _denoiser(unet: nn.Module | Denoise) -> Denoise:
+    """A UNet's noise prediction as a function; tav passes its graph-capturing `denoiser.Denoiser` instead."""
+    if not isinstance(unet, nn.Module):
+        return unet
+    return lambda x, t, text: video_forward(unet, x, t, text).float()
 
 
 def _batch(text: torch.Tensor, b: int) -> torch.Tensor:
     return text if text.shape[0] == b else text.expand(b, *text.shape[1:])
 
 
-def guided(denoise: Denoiser, x: torch.Tensor, t: int | float | torch.Tensor, text: torch.Tensor,
+def guided(denoise: Denoise, x: torch.Tensor, t: int | float | torch.Tensor, text: torch.Tensor,
            uncond: torch.Tensor, guidance: float) -> torch.Tensor:
     """Classifier-free guided noise prediction; cond and uncond go through the UNet as one batch. A batch
     of B videos (several seeds) shares one prompt: `text` and `uncond` (1, L, D) serve all of them."""
@@ -127,7 +100,7 @@ def guided(denoise: Denoiser, x: torch.Tensor, t: int | float | torch.Tensor, te
 
 @torch.no_grad()
 def invert(
-    unet: nn.Module | Denoiser, latents: torch.Tensor, text: torch.Tensor, schedule: Schedule,
+    unet: nn.Module | Denoise, latents: torch.Tensor, text: torch.Tensor, schedule: Schedule,
     callback: Callable[[int], None] | None = None, steps: int | None = None,
 ) -> torch.Tensor:
     """Run DDIM backwards from clean latents (B, F, 4, h, w) to the noise that regenerates them; with `steps`,
@@ -143,7 +116,7 @@ def invert(
 
 @torch.no_grad()
 def sample(
-    unet: nn.Module | Denoiser, noise: torch.Tensor, text: torch.Tensor, uncond: torch.Tensor, schedule: Schedule,
+    unet: nn.Module | Denoise, noise: torch.Tensor, text: torch.Tensor, uncond: torch.Tensor, schedule: Schedule,
     guidance: float, callback: Callable[[int], None] | None = None, eta: float = 0.0,
     noise_sampler: Callable[[], torch.Tensor] | None = None,
 ) -> torch.Tensor:
@@ -162,22 +135,22 @@ def sample(
 
 # --- diffusers' schedulers, from noise -----------------------------------------------------------------
 
-_SCHEDULERS = {Scheduler.DDIM: "DDIMScheduler", Scheduler.DPM: "DPMSolverMultistepScheduler",
-               Scheduler.EULER: "EulerDiscreteScheduler", Scheduler.EULER_A: "EulerAncestralDiscreteScheduler",
-               Scheduler.PNDM: "PNDMScheduler"}  # LMS: see _lms
+# by tav's names (tavcli.method.params.Scheduler's values); LMS: see _lms
+_SCHEDULERS = {"ddim": "DDIMScheduler", "dpm++": "DPMSolverMultistepScheduler", "euler": "EulerDiscreteScheduler",
+               "euler-a": "EulerAncestralDiscreteScheduler", "pndm": "PNDMScheduler"}
 
 
-def diffusers_scheduler(name: Scheduler | str, scheduler_config: dict, steps: int):
+def diffusers_scheduler(name: str, scheduler_config: dict, steps: int):
     """One of diffusers' schedulers, configured as the base's own (betas, spacing, offset, prediction type),
     its timesteps set for `steps` steps."""
-    name = Scheduler(name)
-    if name == Scheduler.LMS:
+    name = str(name)
+    if name == "lms":
         scheduler = _lms().from_config(scheduler_config)
     else:
         import diffusers
 
         # PNDM as SD v1's own config runs it: PLMS only, without the Runge-Kutta warm-up (3 x 4 more UNet calls)
-        extra = {"skip_prk_steps": True} if name == Scheduler.PNDM else {}
+        extra = {"skip_prk_steps": True} if name == "pndm" else {}
         scheduler = getattr(diffusers, _SCHEDULERS[name]).from_config(scheduler_config, **extra)
     scheduler.set_timesteps(steps)
     return scheduler
@@ -205,7 +178,7 @@ def _lms():
 
 @torch.no_grad()
 def sample_with(
-    scheduler, unet: nn.Module | Denoiser, noise: torch.Tensor, text: torch.Tensor, uncond: torch.Tensor,
+    scheduler, unet: nn.Module | Denoise, noise: torch.Tensor, text: torch.Tensor, uncond: torch.Tensor,
     guidance: float, callback: Callable[[int], None] | None = None,
     generators: list[torch.Generator] | None = None,
 ) -> torch.Tensor:

@@ -24,7 +24,9 @@ from torch import nn
 from tavcli.engine import compiling
 from tavcli.engine.runtime import Runtime, in_fitting_batches
 from tavcli.method import adapters, ddim
+from tavcli.engine.geglu import recompute_geglus
 from tavcli.method.attention import inflate
+from tavcli.method.denoiser import Denoiser
 from tavcli.method.models import Base, decode_latents, encode_frames, encode_prompts, encoders_parked
 from tavcli.method.params import AdapterSpec, Attention, EditSettings, Scheduler, TuneSettings, partial_steps
 from tavcli.method.tuning import ClipLatents, Loop, TuneState, tune
@@ -46,6 +48,7 @@ class TuneAVideo:
     def create(cls, base: Base, spec: AdapterSpec = AdapterSpec()) -> TuneAVideo:
         """Inflate the base's UNet in place (as `spec` says) and make `spec`'s parameters trainable."""
         inflate(base.unet, attention=spec.attention, norm=spec.norm, seed=spec.temporal_seed)
+        recompute_geglus(base.unet)  # same outputs and gradients, a third less kept for backward in the FFs
         return cls(base, spec, adapters.attach(base.unet, spec))
 
     @classmethod
@@ -57,6 +60,7 @@ class TuneAVideo:
         if attention is not None:
             spec = spec.replace(attention=attention)
         inflate(base.unet, attention=spec.attention, norm=spec.norm, seed=spec.temporal_seed)
+        recompute_geglus(base.unet)
         adapters.load_adapter(base.unet, folder, scale=scale)
         base.unet.to(base.dtype)
         return cls(base, spec, [], tuned_state={})
@@ -119,7 +123,7 @@ class TuneAVideo:
         schedule = ddim.ddim_schedule(self.base.scheduler_config, steps)
 
         def render(i: int, callback: Callable[[int], None] | None = None) -> np.ndarray:
-            denoise = ddim.Denoiser(self.unet, cuda_graphs=False)  # mid-tune: no captures of its own
+            denoise = Denoiser(self.unet, cuda_graphs=False)  # mid-tune: no captures of its own
             later = None if callback is None else (lambda j: callback(steps + j))
             noise = ddim.invert(denoise, mean, empty, schedule, callback)
             latents = ddim.sample(denoise, noise, texts[i:i + 1], empty, schedule, guidance, later)
@@ -136,7 +140,7 @@ class TuneAVideo:
         """
         mean, _ = self.latents(frames)
         schedule = ddim.ddim_schedule(self.base.scheduler_config, steps)
-        denoise = ddim.Denoiser(self.unet, runtime.cuda_graphs)
+        denoise = Denoiser(self.unet, runtime.cuda_graphs)
         upto = None if strength == 1 else partial_steps(strength, steps)
         return ddim.invert(denoise, mean, encode_prompts(self.base, [""]), schedule, callback, upto)
 
@@ -164,7 +168,7 @@ class TuneAVideo:
         f = self.base.vae_factor
         shape = (1, frames, 4, height // f, width // f)
         uncond = encode_prompts(self.base, [settings.negative_prompt])
-        denoise = ddim.Denoiser(self.unet, runtime.cuda_graphs)  # one capture serves every prompt
+        denoise = Denoiser(self.unet, runtime.cuda_graphs)  # one capture serves every prompt
 
         def render(text: torch.Tensor, seeds: tuple[int, ...]) -> np.ndarray:
             generators = [torch.Generator().manual_seed(seed) for seed in seeds]  # CPU: the same on any device
@@ -179,7 +183,6 @@ class TuneAVideo:
                 latents = ddim.sample_with(scheduler, denoise, start, text, uncond, settings.guidance, callback,
                                            generators)
             return decode_latents(self.base, latents)
-
         videos = []
         for text in encode_prompts(self.base, prompts).split(1):
             videos.extend(in_fitting_batches(functools.partial(render, text), settings.videos_seeds))

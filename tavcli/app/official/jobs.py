@@ -14,7 +14,14 @@ from tavcli.app.progress import Reporter, Stage
 from tavcli.app.store import Artifact, Store
 from tavcli.errors import BadInput
 from tavcli.method.params import DEFAULT_BASE, AdapterSpec, FrameSampling
-from tavcli.settings import Settings, setting
+from tavcli.settings import Mode, Settings, setting
+
+
+class StoredDtype(Mode):
+    AUTO = "auto"  # the checkpoint's own: official runs save fp32 master weights, whose one-step deltas fp16 loses
+    FP32 = "fp32"
+    FP16 = "fp16"
+    BF16 = "bf16"
 
 
 @dataclass(frozen=True)
@@ -25,6 +32,8 @@ class ImportOfficialJob(Settings):
     base_config: str | None = setting(None, "Configs for a single-file --base.")
     name: str | None = setting(None, "A name to refer to the artifact by.")
     prompt: str | None = setting(None, "The caption it was tuned on.", default_text="config.yaml's")
+    dtype: StoredDtype = setting(StoredDtype.AUTO, "Precision of the stored adapter: auto (the checkpoint's own), "
+                                                   "fp32, fp16 or bf16.")
 
 
 def _official_base(job: ImportOfficialJob, training, reporter: Reporter) -> str:
@@ -102,12 +111,24 @@ def import_official(job: ImportOfficialJob, store: Store, reporter: Reporter = R
     )
     reporter.stage(Stage.SAVING)
     with store.staging() as stage:
-        save_adapter(base.unet, AdapterSpec("full"), stage / "adapter", state=state)
+        save_adapter(base.unet, AdapterSpec("full"), stage / "adapter", dtype=_stored_dtype(job.dtype, run.state),
+                     state=state)
         if latent is not None:
             save_file({"latents": latent.float().contiguous()}, stage / "inversion.safetensors")
         if clip is not None:
             write_video(stage / "source.mp4", clip.frames, fps)
         return store.commit(stage, manifest.to_json())
+
+
+def _stored_dtype(dtype: StoredDtype, official: dict):
+    """The adapter's precision: the one asked for, or the checkpoint's own (fp32 unless all of it is in one
+    16-bit type: tav computes the adapter tensors in fp32 from it, so fp32 loses nothing)."""
+    import torch
+
+    if dtype != StoredDtype.AUTO:
+        return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[str(dtype)]
+    kinds = {t.dtype for t in official.values() if t.is_floating_point()}
+    return kinds.pop() if len(kinds) == 1 and kinds <= {torch.float16, torch.bfloat16} else torch.float32
 
 
 def _components_folder(base, folder: Path) -> Path:
@@ -133,6 +154,7 @@ def export_official(ref: str, dest: Path, store: Store, base: str | None = None,
     from safetensors.torch import load_file
 
     from tavcli.app import inversions, refs
+    from tavcli.app.interop import write_model_card
     from tavcli.app.jobs import tuned_model
     from tavcli.app.official.layout import OfficialTraining, official_state, write_official
 
@@ -163,4 +185,5 @@ def export_official(ref: str, dest: Path, store: Store, base: str | None = None,
     with tempfile.TemporaryDirectory(prefix="tav-export-") as tmp:
         components = _components_folder(loaded, Path(tmp))
         return write_official(dest, state, dict(loaded.unet.config), components, inv_latent=latent,
-                              inv_step=target.step or 0, training=training)
+                              inv_step=target.step or 0, training=training,
+                              extra=lambda folder: write_model_card(folder, artifact, "official", base=base_name))

@@ -32,7 +32,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -581,10 +581,12 @@ def write_official(
     inv_latent: torch.Tensor | None = None,
     inv_step: int = 0,
     training: OfficialTraining | None = None,
+    extra: Callable[[Path], object] | None = None,
 ) -> Path:
     """Write an output_dir the official code loads: unet/ (config.json + .bin), the base's components,
     model_index.json, and optionally inv_latents/ddim_latent-<inv_step>.pt (from tav's (B, F, C, h, w))
-    and a config.yaml. Atomic: built beside `folder` and renamed; an existing non-empty `folder` is refused.
+    and a config.yaml; `extra(folder)` adds more (a model card). Atomic: built beside `folder` and renamed;
+    an existing non-empty `folder` is refused.
     """
     folder, base_folder = Path(folder).expanduser(), Path(base_folder).expanduser()
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
@@ -618,6 +620,8 @@ def write_official(
             torch.save(official, tmp / "inv_latents" / f"ddim_latent-{inv_step}.pt")
         if training is not None:
             (tmp / "config.yaml").write_text(_training_yaml(training, base_folder, folder))
+        if extra is not None:
+            extra(tmp)
         if folder.is_dir():
             folder.rmdir()  # empty (checked above): rename() would refuse to replace it on some systems
         os.rename(tmp, folder)
