@@ -786,6 +786,8 @@ def bench(
     tiny: Annotated[bool | None, _option(BenchSettings, "tiny")] = None,
     low_memory: Annotated[bool | None, _option(BenchSettings, "low_memory")] = None,
     compile: Compile = None,
+    fresh_tune_steps: Annotated[int | None, _option(BenchSettings, "fresh_tune_steps")] = None,
+    edit_prompts: Annotated[int | None, _option(BenchSettings, "edit_prompts")] = None,
     as_json: Json = False,
 ) -> None:
     """Time a whole tune and edit on random SD v1.4-sized weights (no download), as `tav tune`/`edit` run."""

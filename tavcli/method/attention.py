@@ -27,6 +27,7 @@ from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from diffusers.models.resnet import ResnetBlock2D
 from torch import nn
 
+from tavcli.engine import triton_groupnorm
 from tavcli.engine.geglu import recompute_geglus
 from tavcli.errors import BadInput
 from tavcli.method.params import Attention as AttentionMode
@@ -181,19 +182,51 @@ def init_temporal(unet: nn.Module, seed: int) -> None:
 
 
 class ClipGroupNorm(nn.GroupNorm):
-    """GroupNorm whose statistics pool all frames of a clip (the official UNet3D's 5-D behaviour)."""
+    """GroupNorm whose statistics pool all frames of a clip (the official UNet3D's 5-D behaviour).
 
-    def __init__(self, source: nn.GroupNorm, ctx: ClipContext):
+    With `silu`, the SiLU that follows the norm in the UNet is applied here (`fuse_silu`): on a GPU both
+    run as one Triton kernel (`tavcli.engine.triton_groupnorm`), elsewhere as the PyTorch ops below.
+    """
+
+    def __init__(self, source: nn.GroupNorm, ctx: ClipContext, silu: bool = False):
         super().__init__(source.num_groups, source.num_channels, source.eps, source.affine,
                          device="meta")
         self.weight, self.bias = source.weight, source.bias
-        self.ctx = ctx
+        self.ctx, self.silu = ctx, silu
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = self.ctx.frames
-        if f == 1:
-            return super().forward(x)
-        return clip_group_norm(x, f, self.num_groups, self.weight, self.bias, self.eps)
+        if triton_groupnorm.available(x):
+            return triton_groupnorm.clip_group_norm(x, f, self.num_groups, self.weight, self.bias, self.eps,
+                                                    silu=self.silu)
+        y = super().forward(x) if f == 1 else clip_group_norm(x, f, self.num_groups, self.weight, self.bias,
+                                                              self.eps)
+        return F.silu(y) if self.silu else y
+
+
+class TimeEmbeddingSiLU(nn.SiLU):
+    """A resnet's `nonlinearity` once its norms apply the SiLU themselves: SiLU for the time embedding
+    (B, C), the only other input it gets, and nothing for the (B, C, H, W) activations."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) if x.ndim == 2 else x
+
+
+def fuse_silu(unet: nn.Module) -> None:
+    """Move each SiLU that directly follows a clip GroupNorm into the norm; the same function.
+
+    In a resnet whose time embedding is added before norm2 ("default"), `nonlinearity` acts on norm1's
+    output, on the time embedding and on norm2's output; the norms take over the first and last. The
+    UNet's `conv_act` follows `conv_norm_out`. The modules hold no weights: the state dict is unchanged.
+    """
+    for resnet in [m for m in unet.modules() if isinstance(m, ResnetBlock2D)]:
+        if (type(resnet.nonlinearity) is nn.SiLU and resnet.time_embedding_norm == "default"
+                and isinstance(resnet.norm1, ClipGroupNorm) and isinstance(resnet.norm2, ClipGroupNorm)):
+            resnet.norm1.silu = resnet.norm2.silu = True
+            resnet.nonlinearity = TimeEmbeddingSiLU()
+    if isinstance(unet.conv_norm_out, ClipGroupNorm) and type(unet.conv_act) is nn.SiLU:
+        unet.conv_norm_out.silu = True
+        unet.conv_act = nn.Identity()
 
 
 def clip_group_norm(x: torch.Tensor, frames: int, groups: int, weight: torch.Tensor | None,
@@ -308,6 +341,7 @@ def inflate(
             resnet.norm1 = ClipGroupNorm(resnet.norm1, ctx)
             resnet.norm2 = ClipGroupNorm(resnet.norm2, ctx)
         unet.conv_norm_out = ClipGroupNorm(unet.conv_norm_out, ctx)
+        fuse_silu(unet)  # the same function; one kernel for norm and SiLU on a GPU
     if temporal:
         for block in _transformer_blocks(unet):
             dim = block.attn1.to_q.in_features

@@ -36,6 +36,12 @@ class TuneAVideo:
     params: list[nn.Parameter] = field(repr=False)
     tuned_state: dict[str, torch.Tensor] | None = field(default=None, repr=False)  # fp32, once cast for inference
     compiled: bool = False
+    # One Denoiser per CUDA-graphs setting, shared by the inversion and every prompt of every edit with
+    # these weights, so each input shape is warmed up and captured once; dropped when the weights move.
+    _denoisers: dict[bool, ddim.Denoiser] = field(default_factory=dict, init=False, repr=False)
+    # The clip last encoded, and its latents: `tav tune` inverts the clip it has just tuned on.
+    _encoded: tuple[np.ndarray, tuple[torch.Tensor, torch.Tensor]] | None = field(default=None, init=False,
+                                                                                 repr=False)
 
     @property
     def unet(self) -> nn.Module:
@@ -63,7 +69,14 @@ class TuneAVideo:
         if not self.compiled:
             compiling.compile_regions(self.unet, backend=backend)
             self.compiled = True
+            self._denoisers.clear()
         return self
+
+    def denoiser(self, runtime: Runtime = Runtime()) -> ddim.Denoiser:
+        """The sampler's UNet call for these weights, made once per CUDA-graphs setting."""
+        if runtime.cuda_graphs not in self._denoisers:
+            self._denoisers[runtime.cuda_graphs] = ddim.Denoiser(self.unet, runtime.cuda_graphs)
+        return self._denoisers[runtime.cuda_graphs]
 
     def save_adapter(self, folder: str | Path, dtype: torch.dtype | None = None) -> Path:
         return adapters.save_adapter(self.unet, self.spec, folder, dtype, state=self.tuned_state or None)
@@ -78,10 +91,14 @@ class TuneAVideo:
                                 adapters.adapter_state(self.unet, self.spec).items()}
             self.unet.to(self.base.dtype)
             self.params = []
+            self._denoisers.clear()  # captured graphs read the weights' old storage
         return self
 
     def latents(self, frames: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        return encode_frames(self.base, frames)
+        """The VAE posterior's mean and std of uint8 frames, encoded once for the same array."""
+        if self._encoded is None or self._encoded[0] is not frames:
+            self._encoded = frames, encode_frames(self.base, frames)
+        return self._encoded[1]
 
     def tune(self, frames: np.ndarray, caption: str, settings: TuneSettings = TuneSettings(),
              callback: Callable[[int, torch.Tensor], None] | None = None, runtime: Runtime = Runtime(),
@@ -97,6 +114,7 @@ class TuneAVideo:
         mean, std = self.latents(frames)
         clip = ClipLatents(mean, std, encode_prompts(self.base, [caption]))
         alphas = _alphas_cumprod(self.base.scheduler_config)
+        self._denoisers.clear()  # the tuned weights end up in new storage
         with encoders_parked(self.base) if park else contextlib.nullcontext():
             return tune(self.unet, self.params, clip, alphas, settings,
                         self.base.scheduler_config.get("prediction_type", "epsilon"), callback, runtime,
@@ -129,8 +147,7 @@ class TuneAVideo:
         """DDIM-invert the clip's latents (posterior mean) with the empty prompt: (1, F, 4, h, w)."""
         mean, _ = self.latents(frames)
         schedule = ddim.ddim_schedule(self.base.scheduler_config, steps)
-        denoise = ddim.Denoiser(self.unet, runtime.cuda_graphs)
-        return ddim.invert(denoise, mean, encode_prompts(self.base, [""]), schedule, callback)
+        return ddim.invert(self.denoiser(runtime), mean, encode_prompts(self.base, [""]), schedule, callback)
 
     def generate(self, prompts: list[str], settings: EditSettings = EditSettings(),
                  noise: torch.Tensor | None = None, frames: int = 8, height: int = 512, width: int = 512,
@@ -148,10 +165,9 @@ class TuneAVideo:
             noise = torch.randn(1, frames, 4, height // f, width // f, generator=g).to(self.base.device)
         schedule = ddim.ddim_schedule(self.base.scheduler_config, settings.steps)
         uncond = encode_prompts(self.base, [settings.negative_prompt])
-        denoise = ddim.Denoiser(self.unet, runtime.cuda_graphs)  # one capture serves every prompt
         videos = []
         for text in encode_prompts(self.base, prompts).split(1):
-            latents = ddim.sample(denoise, noise, text, uncond, schedule, settings.guidance, callback)
+            latents = ddim.sample(self.denoiser(runtime), noise, text, uncond, schedule, settings.guidance, callback)
             videos.append(decode_latents(self.base, latents)[0])
         return np.stack(videos)
 
