@@ -1,5 +1,5 @@
 """On a GPU: the 45 clip GroupNorms of one SD v1.4 UNet call, PyTorch ops (+ a separate SiLU) against the
-Triton kernel (SiLU fused), forward+backward as in a tuning step and forward alone as in sampling, each
+Triton kernel (SiLU fused), the first call (compiling) and then forward+backward as in a tuning step and forward alone as in sampling, each
 as one CUDA graph replayed (as tav runs them). The inputs are random, in the shapes and with the SiLU
 arrangement that one forward of the inflated UNet (random SD v1.4 weights) records.
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 
 import torch
 import torch.nn.functional as F
@@ -90,6 +91,11 @@ def main() -> None:
                     for x, (_, m) in zip(xs, norms):
                         fn(x, m)
 
+            torch.cuda.synchronize()
+            started = time.perf_counter()
+            train()  # the first call: triton compiles (or loads from its disk cache) every kernel variant
+            torch.cuda.synchronize()
+            row[f"{name}_first_call_s"] = round(time.perf_counter() - started, 3)
             row[f"{name}_fwd_bwd_ms"] = graph_ms(train)
             row[f"{name}_fwd_ms"] = graph_ms(infer)
         out[f"frames_{frames}"] = row

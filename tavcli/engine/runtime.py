@@ -26,6 +26,13 @@ class Dtype(Mode):
     FP32 = "fp32"
 
 
+class AttentionKernel(Mode):
+    AUTO = "auto"  # flash on a GPU (docs/performance.md: same steps, no plans to build at each new shape)
+    FLASH = "flash"  # FlashAttention-2, built into PyTorch (bf16/fp16; else memory-efficient, then math)
+    CUDNN = "cudnn"  # cuDNN's fused attention: builds an execution plan at every new shape
+    DEFAULT = "default"  # whichever PyTorch picks (cuDNN on an H100/H200 with torch 2.11)
+
+
 @dataclass(frozen=True)
 class Runtime(Settings):
     device: str = setting("auto", "auto, cpu, cuda or cuda:N.", nonempty=True)
@@ -35,6 +42,28 @@ class Runtime(Settings):
     compile: bool = setting(False, "torch.compile the UNet's repeated blocks: faster steps after minutes of "
                                    "compiling (docs/performance.md).")
     cuda_graphs: bool = setting(True, "Replay each tuning step and each sampling call as a CUDA graph (GPU).")
+    attention_kernel: AttentionKernel = setting(AttentionKernel.AUTO, "The UNet's attention kernels: auto, flash, "
+                                                "cudnn or default (PyTorch's choice).")
+
+
+def attention_kernels(kernel: AttentionKernel | str, device: torch.device) -> contextlib.AbstractContextManager:
+    """The SDPA kernels the UNet's attention may use while this context is open.
+
+    cuDNN's fused attention, PyTorch's first choice on Hopper, compiles an execution plan for each new
+    shape: for the tuning step's ~24 attention shapes, forward and backward, that measured ~10 s of the
+    first step on an H200, and seconds more at the first inversion and sampling calls, in every process.
+    FlashAttention-2 is compiled into PyTorch. The VAE's attention (head dim 512) stays outside, and the
+    CPU keeps PyTorch's choice.
+    """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    kernel = AttentionKernel(kernel)
+    if kernel == AttentionKernel.DEFAULT or device.type != "cuda":  # the CPU reference path stays as it is
+        return contextlib.nullcontext()
+    if kernel == AttentionKernel.CUDNN:
+        return sdpa_kernel([SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
+                            SDPBackend.MATH], set_priority=True)
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
 def resolve_device(device: str = "auto") -> torch.device:

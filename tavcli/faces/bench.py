@@ -16,6 +16,7 @@ from tavcli.app import jobs
 from tavcli.app.progress import Reporter, Stage
 from tavcli.app.manifest import open_store
 from tavcli.app.store import Artifact, Store
+from tavcli.engine.runtime import AttentionKernel
 from tavcli.settings import Settings, setting
 
 _WARMUP = 3  # tuning steps left out of the median: allocator, cuDNN autotuning, lazy inits
@@ -32,6 +33,8 @@ class BenchSettings(Settings):
     tiny: bool = setting(False, "A tiny random architecture: a quick CPU smoke test.")
     low_memory: bool = setting(False, "Time `tav tune --low-memory`.")
     compile: bool = setting(False, "Time `tav tune --compile` and `tav edit --compile`.")
+    attention_kernel: AttentionKernel = setting(AttentionKernel.AUTO, "Time `tav tune` and `tav edit` with "
+                                                "these attention kernels (auto, flash, cudnn, default).")
     fresh_tune_steps: int = setting(300, "Also time a whole `tav tune` of this many steps, then a `tav edit`, "
                                          "each in a fresh process (0: not).", min=0)
     edit_prompts: int = setting(8, "Also time one `tav edit` with this many prompts (0 or 1: not).", min=0)
@@ -142,7 +145,8 @@ def _fresh_process(tmp: Path, clip: Path, base: Path, settings: BenchSettings) -
     import sys
 
     env = {**os.environ, "TAV_HOME": str(tmp / "fresh-store")}
-    runtime = ["--device", settings.device] + ["--compile"] * settings.compile
+    runtime = ["--device", settings.device, "--attention-kernel", str(settings.attention_kernel)]
+    runtime += ["--compile"] * settings.compile
 
     def tav(*args: str) -> tuple[dict, float]:
         started = time.perf_counter()
@@ -180,7 +184,8 @@ def run(settings: BenchSettings, reporter: Reporter = Reporter()) -> dict:
     if settings.compile:
         cache = compile_cache_dir()
         out["compile_cache_was_empty"] = not cache.is_dir() or not any(cache.iterdir())
-    runtime = {"device": settings.device, "compile": settings.compile, "low_memory": settings.low_memory}
+    runtime = {"device": settings.device, "compile": settings.compile, "low_memory": settings.low_memory,
+               "attention_kernel": str(settings.attention_kernel)}
     with tempfile.TemporaryDirectory(prefix="tav-bench-") as tmp:
         store = open_store(Path(tmp) / "store")
         clip = builtin.synthetic_clip(Path(tmp) / "clip.mp4", settings.frames, settings.size)

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from tavcli.engine import compiling
-from tavcli.engine.runtime import Runtime
+from tavcli.engine.runtime import Runtime, attention_kernels
 from tavcli.method import adapters, ddim
 from tavcli.method.attention import inflate
 from tavcli.method.models import Base, decode_latents, encode_frames, encode_prompts, encoders_parked
@@ -36,9 +36,9 @@ class TuneAVideo:
     params: list[nn.Parameter] = field(repr=False)
     tuned_state: dict[str, torch.Tensor] | None = field(default=None, repr=False)  # fp32, once cast for inference
     compiled: bool = False
-    # One Denoiser per CUDA-graphs setting, shared by the inversion and every prompt of every edit with
+    # One Denoiser per runtime, shared by the inversion and every prompt of every edit with
     # these weights, so each input shape is warmed up and captured once; dropped when the weights move.
-    _denoisers: dict[bool, ddim.Denoiser] = field(default_factory=dict, init=False, repr=False)
+    _denoisers: dict[tuple, ddim.Denoiser] = field(default_factory=dict, init=False, repr=False)
     # The clip last encoded, and its latents: `tav tune` inverts the clip it has just tuned on.
     _encoded: tuple[np.ndarray, tuple[torch.Tensor, torch.Tensor]] | None = field(default=None, init=False,
                                                                                  repr=False)
@@ -73,10 +73,12 @@ class TuneAVideo:
         return self
 
     def denoiser(self, runtime: Runtime = Runtime()) -> ddim.Denoiser:
-        """The sampler's UNet call for these weights, made once per CUDA-graphs setting."""
-        if runtime.cuda_graphs not in self._denoisers:
-            self._denoisers[runtime.cuda_graphs] = ddim.Denoiser(self.unet, runtime.cuda_graphs)
-        return self._denoisers[runtime.cuda_graphs]
+        """The sampler's UNet call for these weights, made once per CUDA-graphs and attention-kernel setting
+        (a capture keeps the kernels it was recorded with)."""
+        key = (runtime.cuda_graphs, str(runtime.attention_kernel))
+        if key not in self._denoisers:
+            self._denoisers[key] = ddim.Denoiser(self.unet, runtime.cuda_graphs)
+        return self._denoisers[key]
 
     def save_adapter(self, folder: str | Path, dtype: torch.dtype | None = None) -> Path:
         return adapters.save_adapter(self.unet, self.spec, folder, dtype, state=self.tuned_state or None)
@@ -147,7 +149,9 @@ class TuneAVideo:
         """DDIM-invert the clip's latents (posterior mean) with the empty prompt: (1, F, 4, h, w)."""
         mean, _ = self.latents(frames)
         schedule = ddim.ddim_schedule(self.base.scheduler_config, steps)
-        return ddim.invert(self.denoiser(runtime), mean, encode_prompts(self.base, [""]), schedule, callback)
+        empty = encode_prompts(self.base, [""])
+        with attention_kernels(runtime.attention_kernel, self.base.device):
+            return ddim.invert(self.denoiser(runtime), mean, empty, schedule, callback)
 
     def generate(self, prompts: list[str], settings: EditSettings = EditSettings(),
                  noise: torch.Tensor | None = None, frames: int = 8, height: int = 512, width: int = 512,
@@ -167,7 +171,9 @@ class TuneAVideo:
         uncond = encode_prompts(self.base, [settings.negative_prompt])
         videos = []
         for text in encode_prompts(self.base, prompts).split(1):
-            latents = ddim.sample(self.denoiser(runtime), noise, text, uncond, schedule, settings.guidance, callback)
+            with attention_kernels(runtime.attention_kernel, self.base.device):  # not the VAE's (head dim 512)
+                latents = ddim.sample(self.denoiser(runtime), noise, text, uncond, schedule, settings.guidance,
+                                      callback)
             videos.append(decode_latents(self.base, latents)[0])
         return np.stack(videos)
 
