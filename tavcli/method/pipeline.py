@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from tavcli.engine import compiling
-from tavcli.engine.runtime import Runtime, attention_kernels
+from tavcli.engine.runtime import Runtime, Work, attention_kernel_for, attention_kernels
 from tavcli.method import adapters, ddim
 from tavcli.method.attention import inflate
 from tavcli.method.models import Base, decode_latents, encode_frames, encode_prompts, encoders_parked
@@ -72,10 +72,10 @@ class TuneAVideo:
             self._denoisers.clear()
         return self
 
-    def denoiser(self, runtime: Runtime = Runtime()) -> ddim.Denoiser:
-        """The sampler's UNet call for these weights, made once per CUDA-graphs and attention-kernel setting
+    def denoiser(self, runtime: Runtime = Runtime(), work: Work = Work.SAMPLING) -> ddim.Denoiser:
+        """The sampler's UNet call for these weights, made once per CUDA-graphs setting and attention kernel
         (a capture keeps the kernels it was recorded with)."""
-        key = (runtime.cuda_graphs, str(runtime.attention_kernel))
+        key = (runtime.cuda_graphs, attention_kernel_for(runtime.attention_kernel, work))
         if key not in self._denoisers:
             self._denoisers[key] = ddim.Denoiser(self.unet, runtime.cuda_graphs)
         return self._denoisers[key]
@@ -150,8 +150,8 @@ class TuneAVideo:
         mean, _ = self.latents(frames)
         schedule = ddim.ddim_schedule(self.base.scheduler_config, steps)
         empty = encode_prompts(self.base, [""])
-        with attention_kernels(runtime.attention_kernel, self.base.device):
-            return ddim.invert(self.denoiser(runtime), mean, empty, schedule, callback)
+        with attention_kernels(runtime.attention_kernel, Work.INVERSION, self.base.device):
+            return ddim.invert(self.denoiser(runtime, Work.INVERSION), mean, empty, schedule, callback)
 
     def generate(self, prompts: list[str], settings: EditSettings = EditSettings(),
                  noise: torch.Tensor | None = None, frames: int = 8, height: int = 512, width: int = 512,
@@ -171,7 +171,7 @@ class TuneAVideo:
         uncond = encode_prompts(self.base, [settings.negative_prompt])
         videos = []
         for text in encode_prompts(self.base, prompts).split(1):
-            with attention_kernels(runtime.attention_kernel, self.base.device):  # not the VAE's (head dim 512)
+            with attention_kernels(runtime.attention_kernel, Work.SAMPLING, self.base.device):  # not the VAE's
                 latents = ddim.sample(self.denoiser(runtime), noise, text, uncond, schedule, settings.guidance,
                                       callback)
             videos.append(decode_latents(self.base, latents)[0])
