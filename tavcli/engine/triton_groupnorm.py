@@ -107,7 +107,8 @@ class _TritonClipGroupNorm(torch.autograd.Function):
         grid = (rows_grid[0], -(-s.hw // s.cols))
         t.apply[grid](x, grad, stats, means, weight, bias, dx, *s.args(),
                       ROWS=s.tile_rows, COLS=s.cols, BACKWARD=True, SILU=silu)
-        per_channel = sums.view(2, s.bf, s.c).sum(1)  # dweight = sum dz*x_hat, dbias = sum dz, per channel
-        dweight = per_channel[1].to(weight.dtype) if ctx.needs_input_grad[1] else None
-        dbias = per_channel[0].to(bias.dtype) if ctx.needs_input_grad[2] else None
+        dweight = dbias = None
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:  # trained norms only (no adapter trains them)
+            per_channel = sums.view(2, s.bf, s.c).sum(1)  # sum dz, sum dz*x_hat over every image, per channel
+            dweight, dbias = per_channel[1].to(weight.dtype), per_channel[0].to(bias.dtype)
         return dx, dweight, dbias, None, None, None, None
