@@ -1,6 +1,7 @@
 """Where a tuning step, an inversion call and a guided sampling call spend GPU time, by kernel family
 (torch.profiler, eager, no CUDA graphs), and where the first inversion step's seconds go; random SD v1.4
-weights, the same `tuning.tune` and `denoiser.Denoiser` that `tav tune` and `tav edit` run.
+weights, the same `tuning.tune` and `denoiser.Denoiser` that `tav tune` and `tav edit` run. The tuning step
+uses `tav`'s attention kernels; the sampling calls here go straight to the UNet: PyTorch's choice.
 
     python benchmarks/profile_step.py [--frames 8] [--size 512] [--json out.json]
 """

@@ -1,15 +1,19 @@
 """The video UNet against references written here, independently of tavcli.method.attention's code paths."""
 
+import copy
 import math
 
 import pytest
 import torch
 from diffusers.models.attention_processor import Attention
+from diffusers.models.resnet import ResnetBlock2D
 
+from tavcli.engine import triton_groupnorm
 from tavcli.method.attention import (
     ClipContext,
     ClipGroupNorm,
     FrameAttnProcessor,
+    TimeEmbeddingSiLU,
     inflate,
     key_frames,
     source_frames,
@@ -230,3 +234,48 @@ def test_bad_modes_are_refused(tiny_unet):
         inflate(tiny_unet(), attention="causal")
     with pytest.raises(ValueError, match="norm"):
         inflate(tiny_unet(), norm="batch")
+
+
+def _unfused(unet):
+    """The same UNet with each SiLU back in its own module, as diffusers builds it."""
+    unet = copy.deepcopy(unet)
+    for m in unet.modules():
+        if isinstance(m, ClipGroupNorm):
+            m.silu = False
+        if isinstance(m, TimeEmbeddingSiLU):
+            m.__class__ = torch.nn.SiLU
+    unet.conv_act = torch.nn.SiLU()
+    return unet
+
+
+def test_the_silu_moves_into_the_clip_norms_and_the_unet_computes_the_same(tiny_unet):
+    """On the CPU the norms fall back to the PyTorch ops and the fused arrangement is the stock one exactly,
+    forward and backward; every SiLU after a clip norm went in, the time embedding's stayed out."""
+    fused = inflate(tiny_unet())
+    resnets = [m for m in fused.modules() if isinstance(m, ResnetBlock2D)]
+    assert resnets and all(r.norm1.silu and r.norm2.silu and type(r.nonlinearity) is TimeEmbeddingSiLU
+                           for r in resnets)
+    assert fused.conv_norm_out.silu and isinstance(fused.conv_act, torch.nn.Identity)
+    temb = torch.randn(2, 8)
+    assert torch.equal(resnets[0].nonlinearity(temb), torch.nn.functional.silu(temb))
+    plain = _unfused(fused)
+    assert fused.state_dict().keys() == plain.state_dict().keys()
+    torch.manual_seed(0)
+    x, text = torch.randn(1, 3, 4, 8, 8), torch.randn(1, 77, 32)
+    outs = []
+    for unet in (fused, plain):
+        x_ = x.clone().requires_grad_()
+        out = video_forward(unet, x_, 500, text)
+        (dx,) = torch.autograd.grad(out.square().sum(), x_)
+        outs.append((out, dx))
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+
+
+def test_a_clip_norm_with_silu_on_the_cpu_is_the_pytorch_norm_then_silu():
+    source = _random_group_norm(4, 16, seed=6)
+    x = torch.randn(6, 16, 5, 7)
+    assert not triton_groupnorm.available(x)
+    for frames in (1, 3):
+        norm = ClipGroupNorm(source, ClipContext(frames=frames), silu=True)
+        plain = ClipGroupNorm(source, ClipContext(frames=frames))
+        assert torch.equal(norm(x), torch.nn.functional.silu(plain(x)))

@@ -13,10 +13,11 @@ def test_tiny_bench_times_the_jobs_users_run(tmp_path, monkeypatch):
         real = getattr(jobs, name)
         monkeypatch.setattr(jobs, name, lambda *a, _real=real, _name=name, **k: calls.append(_name) or _real(*a, **k))
     result = CliRunner().invoke(app, ["bench", "--tiny", "--frames", "4", "--size", "64", "--steps", "6",
-                                      "--edit-steps", "2", "--device", "cpu", "--json"])
+                                      "--edit-steps", "2", "--device", "cpu", "--fresh-tune-steps", "2",
+                                      "--edit-prompts", "3", "--json"])
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
-    assert calls == ["tune", "edit", "edit"]  # the same code path as `tav tune` and `tav edit`
+    assert calls == ["tune", "edit", "edit", "edit"]  # the same code path as `tav tune` and `tav edit`
     assert out["device"] == "cpu" and out["settings"]["steps"] == 6
     assert 0 < out["tune_ms_per_step"] < 10_000
     # both figures are rounded to 0.1, so the projection may differ from 0.3 × the shown median by 0.05
@@ -25,6 +26,9 @@ def test_tiny_bench_times_the_jobs_users_run(tmp_path, monkeypatch):
     assert out["inversion_s"] > 0 and out["load_s"] > 0 and out["adapter_bytes"] > 10_000
     assert 0 < out["edit_warm_s"] <= out["edit_warm_total_s"]
     assert (tmp_path / "cache" / "tav" / "bases" / "random-tiny-seed0" / "model_index.json").is_file()  # cached
+    # three prompts take longer than one; the fresh processes ran (their JSON parsed) and were timed
+    assert out["edit_prompts_s"] > out["edit_warm_s"] and out["edit_prompts_peak_gib"] is None  # no GPU: null
+    assert out["fresh_tune_s"] > 0 and out["fresh_edit_s"] > 0
 
 
 def test_tiny_bench_with_compile_times_a_second_pass_from_the_cache(tmp_path, monkeypatch):
@@ -42,9 +46,11 @@ def test_tiny_bench_with_compile_times_a_second_pass_from_the_cache(tmp_path, mo
     monkeypatch.setattr(tavcli.engine.compiling, "compile_regions",
                         lambda unet, **k: compiled.append(1) or real_compile(unet, **k | {"backend": "aot_eager"}))
     result = CliRunner().invoke(app, ["bench", "--tiny", "--frames", "4", "--size", "64", "--steps", "5",
-                                      "--edit-steps", "2", "--device", "cpu", "--compile", "--json"])
+                                      "--edit-steps", "2", "--device", "cpu", "--compile", "--fresh-tune-steps", "0",
+                                      "--edit-prompts", "0", "--json"])
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
+    assert out["fresh_tune_s"] is None and out["fresh_edit_s"] is None and out["edit_prompts_s"] is None
     assert calls == ["tune", "edit", "edit", "tune", "edit"] and len(compiled) == 5
     assert out["settings"]["compile"] is True and out["compile_cache_was_empty"] is True
     again = out["from_cache"]

@@ -145,3 +145,20 @@ def test_a_bug_is_an_internal_error_not_bad_input(tmp_path, monkeypatch):
     monkeypatch.setattr(jobs, "tune", lambda *a, **k: (_ for _ in ()).throw(BadInput("bad clip; give another")))
     r = CliRunner().invoke(app, ["tune", "clip.mp4", "a man is skiing", "-q"])
     assert r.exit_code == 2 and r.stderr.strip() == "tav: error: bad clip; give another"
+
+
+def test_attention_kernel_auto_is_chosen_per_kind_of_work_and_the_cpu_keeps_pytorchs():
+    import contextlib
+
+    import torch
+
+    from tavcli.engine.runtime import AttentionKernel, Work, attention_kernel_for, attention_kernels
+
+    assert [attention_kernel_for("auto", w) for w in Work] == [AttentionKernel.DEFAULT, AttentionKernel.FLASH,
+                                                               AttentionKernel.DEFAULT]
+    assert attention_kernel_for("cudnn", Work.INVERSION) == AttentionKernel.CUDNN  # an explicit choice stays
+    for kernel in AttentionKernel:
+        assert isinstance(attention_kernels(kernel, Work.INVERSION, torch.device("cpu")), contextlib.nullcontext)
+    assert not isinstance(attention_kernels("flash", Work.TUNING, torch.device("cuda")), contextlib.nullcontext)
+    with pytest.raises(SettingError, match="attention_kernel"):
+        build(jobs.TuneJob, {"video": "a.mp4", "prompt": "p", "attention_kernel": "fast"})

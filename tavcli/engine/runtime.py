@@ -29,6 +29,19 @@ class Dtype(Mode):
     FP32 = "fp32"
 
 
+class AttentionKernel(Mode):
+    AUTO = "auto"  # per kind of work, as measured on an H200: see `attention_kernels`
+    FLASH = "flash"  # FlashAttention-2, built into PyTorch (bf16/fp16; else memory-efficient, then math)
+    CUDNN = "cudnn"  # cuDNN's fused attention: the fastest steps, but a plan to build at every new shape
+    DEFAULT = "default"  # whichever PyTorch picks (cuDNN on an H100/H200 with torch 2.11)
+
+
+class Work(Mode):
+    TUNING = "tuning"
+    INVERSION = "inversion"
+    SAMPLING = "sampling"
+
+
 @dataclass(frozen=True)
 class Runtime(Settings):
     device: str = setting("auto", "auto, cpu, cuda or cuda:N.", nonempty=True)
@@ -38,6 +51,43 @@ class Runtime(Settings):
     compile: bool = setting(False, "torch.compile the UNet's repeated blocks: faster steps after minutes of "
                                    "compiling (docs/performance.md).")
     cuda_graphs: bool = setting(True, "Replay each tuning step and each sampling call as a CUDA graph (GPU).")
+    attention_kernel: AttentionKernel = setting(AttentionKernel.AUTO, "The UNet's attention kernels: auto, flash, "
+                                                "cudnn or default (PyTorch's choice).")
+
+
+# What `auto` picks (H200, torch 2.11, docs/performance.md, 2026-12-02). cuDNN's tuning step is 96 ms
+# against flash's 127, but building its plans costs ~10 s of the first step: even over 300 steps. An
+# inversion's 50 calls save 6 ms each with cuDNN and pay 2.7 s of plans: flash. Sampling: 3.6 s per warm
+# edit against 4.2 with flash, its plans built once per process for every prompt: cuDNN.
+_AUTO = {Work.TUNING: AttentionKernel.DEFAULT, Work.INVERSION: AttentionKernel.FLASH,
+         Work.SAMPLING: AttentionKernel.DEFAULT}
+
+
+def attention_kernel_for(kernel: AttentionKernel | str, work: Work) -> AttentionKernel:
+    """The kernel setting `kernel` means for `work`: itself, or for `auto` the one measured best for it."""
+    kernel = AttentionKernel(kernel)
+    return _AUTO[work] if kernel == AttentionKernel.AUTO else kernel
+
+
+def attention_kernels(kernel: AttentionKernel | str, work: Work, device: torch.device
+                      ) -> contextlib.AbstractContextManager:
+    """The SDPA kernels the UNet's attention may use for `work` while this context is open.
+
+    cuDNN's fused attention, PyTorch's first choice on Hopper, compiles an execution plan for each new
+    shape: for the tuning step's attention shapes, forward and backward, ~10 s of the first step on an
+    H200, and 2.7 s more at the first inversion call, in every process. FlashAttention-2 is compiled into
+    PyTorch, but its steps are slower. The VAE's attention (head dim 512) stays outside, and the CPU keeps
+    PyTorch's choice (the reference path).
+    """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    kernel = attention_kernel_for(kernel, work)
+    if kernel == AttentionKernel.DEFAULT or device.type != "cuda":
+        return contextlib.nullcontext()
+    if kernel == AttentionKernel.CUDNN:
+        return sdpa_kernel([SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
+                            SDPBackend.MATH], set_priority=True)
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
 def resolve_device(device: str = "auto") -> torch.device:

@@ -16,6 +16,7 @@ from tavcli.app import jobs
 from tavcli.app.progress import Reporter, Stage
 from tavcli.app.manifest import open_store
 from tavcli.app.store import Artifact, Store
+from tavcli.engine.runtime import AttentionKernel
 from tavcli.settings import Settings, setting
 
 _WARMUP = 3  # tuning steps left out of the median: allocator, cuDNN autotuning, lazy inits
@@ -32,6 +33,11 @@ class BenchSettings(Settings):
     tiny: bool = setting(False, "A tiny random architecture: a quick CPU smoke test.")
     low_memory: bool = setting(False, "Time `tav tune --low-memory`.")
     compile: bool = setting(False, "Time `tav tune --compile` and `tav edit --compile`.")
+    attention_kernel: AttentionKernel = setting(AttentionKernel.AUTO, "Time `tav tune` and `tav edit` with "
+                                                "these attention kernels (auto, flash, cudnn, default).")
+    fresh_tune_steps: int = setting(300, "Also time a whole `tav tune` of this many steps, then a `tav edit`, "
+                                         "each in a fresh process (0: not).", min=0)
+    edit_prompts: int = setting(8, "Also time one `tav edit` with this many prompts (0 or 1: not).", min=0)
 
 
 class _Clock(Reporter):
@@ -111,16 +117,52 @@ def _time_tune(job: jobs.TuneJob, store: Store, clock: _Clock, cuda: bool) -> tu
 
 
 def _time_edit(job: jobs.EditJob, store: Store, clock: _Clock, cuda: bool) -> dict:
+    """One edit through `jobs.edit`: seconds from its first prompt on, and with loading."""
     import torch
 
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     jobs.edit(job, store, clock)
-    out = {"s": round(clock.span(Stage.EDITING), 2), "total_s": round(clock.span(Stage.LOADING), 2)}
+    first_prompt = next(t for stage, t in clock.stages if stage == Stage.EDITING)
+    out = {"s": round(time.perf_counter() - first_prompt, 2), "total_s": round(clock.span(Stage.LOADING), 2)}
     if cuda:
         out["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     return out
+
+
+_PROMPTS = ("an astronaut is skiing on the moon", "a panda is skiing", "a man is snowboarding in a forest",
+            "a robot is skiing, cartoon style", "a man is skiing in the desert", "a bear is skiing at sunset",
+            "a woman is skiing, oil painting", "Spider-Man is skiing on the beach")
+
+
+def _fresh_process(tmp: Path, clip: Path, base: Path, settings: BenchSettings) -> dict:
+    """`tav tune` (`fresh_tune_steps` steps) and then `tav edit` of one prompt, each a new Python process,
+    timed from its start to its exit: imports, model load and every first-call cost included."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TAV_HOME": str(tmp / "fresh-store")}
+    runtime = ["--device", settings.device, "--attention-kernel", str(settings.attention_kernel)]
+    runtime += ["--compile"] * settings.compile
+
+    def tav(*args: str) -> tuple[dict, float]:
+        started = time.perf_counter()
+        done = subprocess.run([sys.executable, "-m", "tavcli", *args, *runtime, "--json"], env=env,
+                              capture_output=True, text=True, check=False)
+        seconds = round(time.perf_counter() - started, 2)
+        if done.returncode:
+            raise RuntimeError(f"tav {args[0]} failed (exit {done.returncode}): {done.stderr.strip()[-2000:]}")
+        return json.loads(done.stdout), seconds
+
+    tuned, tune_s = tav("tune", str(clip), "a man is skiing", "--base", str(base), "--frames", str(settings.frames),
+                        "--size", str(settings.size), "--steps", str(settings.fresh_tune_steps), "--quiet",
+                        *["--low-memory"] * settings.low_memory)  # its inversion: `tav tune`'s 50 steps
+    _, edit_s = tav("edit", tuned["id"], _PROMPTS[0], "--steps", str(settings.edit_steps),
+                    "--out-dir", str(tmp / "fresh-out"), "--quiet")
+    return {"fresh_tune_s": tune_s, "fresh_edit_s": edit_s}
 
 
 def run(settings: BenchSettings, reporter: Reporter = Reporter()) -> dict:
@@ -142,7 +184,8 @@ def run(settings: BenchSettings, reporter: Reporter = Reporter()) -> dict:
     if settings.compile:
         cache = compile_cache_dir()
         out["compile_cache_was_empty"] = not cache.is_dir() or not any(cache.iterdir())
-    runtime = {"device": settings.device, "compile": settings.compile, "low_memory": settings.low_memory}
+    runtime = {"device": settings.device, "compile": settings.compile, "low_memory": settings.low_memory,
+               "attention_kernel": str(settings.attention_kernel)}
     with tempfile.TemporaryDirectory(prefix="tav-bench-") as tmp:
         store = open_store(Path(tmp) / "store")
         clip = builtin.synthetic_clip(Path(tmp) / "clip.mp4", settings.frames, settings.size)
@@ -150,9 +193,11 @@ def run(settings: BenchSettings, reporter: Reporter = Reporter()) -> dict:
                                   "frames": settings.frames, "size": settings.size, "steps": settings.steps,
                                   "inversion_steps": settings.inversion_steps, **runtime})
 
-        def edit_job(artifact) -> jobs.EditJob:
-            return jobs.edit_job({"ref": artifact.id, "prompts": ["an astronaut is skiing on the moon"],
-                                  "steps": settings.edit_steps, "out_dir": Path(tmp) / "out", **runtime})
+        def edit_job(artifact, prompts: int = 1) -> jobs.EditJob:
+            many = [_PROMPTS[i % len(_PROMPTS)] + (f" ({i // len(_PROMPTS)})" if i >= len(_PROMPTS) else "")
+                    for i in range(prompts)]
+            return jobs.edit_job({"ref": artifact.id, "prompts": many, "steps": settings.edit_steps,
+                                  "out_dir": Path(tmp) / "out", **runtime})
 
         reporter.stage(Stage.TUNING, total=settings.steps)
         artifact, figures = _time_tune(tune_job, store, _Clock(sync, stage_peaks=cuda), cuda)
@@ -163,6 +208,11 @@ def run(settings: BenchSettings, reporter: Reporter = Reporter()) -> dict:
             out[f"edit_{attempt}_s"], out[f"edit_{attempt}_total_s"] = edit["s"], edit["total_s"]
             if cuda:
                 out["edit_peak_gib"] = edit["peak_gib"]
+        out["edit_prompts_s"] = out["edit_prompts_peak_gib"] = None  # null where not measured, never NaN
+        if settings.edit_prompts > 1:
+            reporter.stage(Stage.EDITING, f"({settings.edit_prompts} prompts)")
+            edit = _time_edit(edit_job(artifact, settings.edit_prompts), store, _Clock(sync), cuda)
+            out["edit_prompts_s"], out["edit_prompts_peak_gib"] = edit["s"], edit.get("peak_gib")
         if settings.compile:
             torch._dynamo.reset()  # the compiled code leaves memory; inductor's files on disk stay
             reporter.stage(Stage.TUNING, total=settings.steps)
@@ -171,4 +221,8 @@ def run(settings: BenchSettings, reporter: Reporter = Reporter()) -> dict:
             torch._dynamo.reset()  # the tune's inversion compiled the sampling graphs in memory: drop those too
             figures["edit"] = _time_edit(edit_job(artifact), store, _Clock(sync), cuda)
             out["from_cache"] = figures
+        out["fresh_tune_s"] = out["fresh_edit_s"] = None
+        if settings.fresh_tune_steps:
+            reporter.stage(Stage.TUNING, f"(a fresh `tav tune`, {settings.fresh_tune_steps} steps)")
+            out |= _fresh_process(Path(tmp), clip, base, settings)
     return out

@@ -67,6 +67,7 @@ def _flags(values: dict, job: type) -> dict:
 Device = Annotated[str | None, _option(Runtime, "device")]
 Dtype = Annotated[str | None, _option(Runtime, "dtype")]
 Compile = Annotated[bool | None, _option(Runtime, "compile")]
+AttentionKernel = Annotated[str | None, _option(Runtime, "attention_kernel")]
 Base = Annotated[str | None, _option(TuneJob, "base")]
 BaseConfig = Annotated[str | None, _option(TuneJob, "base_config")]
 Name = Annotated[str | None, _option(TuneJob, "name")]
@@ -268,6 +269,7 @@ def tune(
     preview_guidance: Annotated[float | None, _option(TuneJob, "preview_guidance")] = None,
     checkpoint_every: Annotated[int | None, _option(TuneJob, "checkpoint_every")] = None,
     compile: Compile = None,
+    attention_kernel: AttentionKernel = None,
     device: Device = None,
     dtype: Dtype = None,
     out_dir: Annotated[Path, typer.Option("--out-dir", help="Where a config's validation edits go.")] = Path("."),
@@ -428,6 +430,7 @@ def edit(
     score: Annotated[bool | None, _option(EditJob, "score")] = None,
     clip: Annotated[str | None, _option(EditJob, "clip")] = None,
     compile: Compile = None,
+    attention_kernel: AttentionKernel = None,
     device: Device = None,
     dtype: Dtype = None,
     as_json: Json = False,
@@ -859,6 +862,9 @@ def bench(
     tiny: Annotated[bool | None, _option(BenchSettings, "tiny")] = None,
     low_memory: Annotated[bool | None, _option(BenchSettings, "low_memory")] = None,
     compile: Compile = None,
+    attention_kernel: AttentionKernel = None,
+    fresh_tune_steps: Annotated[int | None, _option(BenchSettings, "fresh_tune_steps")] = None,
+    edit_prompts: Annotated[int | None, _option(BenchSettings, "edit_prompts")] = None,
     as_json: Json = False,
 ) -> None:
     """Time a whole tune and edit on random SD v1.4-sized weights (no download), as `tav tune`/`edit` run."""

@@ -35,6 +35,18 @@ from torch import nn
 ATTENTION_MODES = ("sparse-causal", "first-frame", "full", "frame")  # tav's params.Attention, in order
 NORMS = ("clip", "frame")  # tav's params.Norm
 
+# A faster clip GroupNorm (+SiLU) for the tensors it can take, given from outside (tavcli.method.pipeline
+# registers the engine's Triton kernel, `tavcli.engine.triton_groupnorm`): this module is copied verbatim into exported folders
+# (`tav export --format diffusers`), where the PyTorch ops below run. (available(x), norm(x, frames, groups,
+# weight, bias, eps, silu=...)) or None.
+_FAST_NORM: tuple | None = None
+
+
+def use_fast_norm(available, norm) -> None:
+    """Let ClipGroupNorm run `norm` wherever `available(x)` says it can (the engine's Triton kernel)."""
+    global _FAST_NORM
+    _FAST_NORM = (available, norm)
+
 
 @dataclass
 class ClipContext:
@@ -184,19 +196,51 @@ def init_temporal(unet: nn.Module, seed: int) -> None:
 
 
 class ClipGroupNorm(nn.GroupNorm):
-    """GroupNorm whose statistics pool all frames of a clip (the official UNet3D's 5-D behaviour)."""
+    """GroupNorm whose statistics pool all frames of a clip (the official UNet3D's 5-D behaviour).
 
-    def __init__(self, source: nn.GroupNorm, ctx: ClipContext):
+    With `silu`, the SiLU that follows the norm in the UNet is applied here (`fuse_silu`): on a GPU both
+    run as one Triton kernel (`use_fast_norm`, from `tavcli.engine.triton_groupnorm`), elsewhere as the
+    PyTorch ops below.
+    """
+
+    def __init__(self, source: nn.GroupNorm, ctx: ClipContext, silu: bool = False):
         super().__init__(source.num_groups, source.num_channels, source.eps, source.affine,
                          device="meta")
         self.weight, self.bias = source.weight, source.bias
-        self.ctx = ctx
+        self.ctx, self.silu = ctx, silu
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = self.ctx.frames
-        if f == 1:
-            return super().forward(x)
-        return clip_group_norm(x, f, self.num_groups, self.weight, self.bias, self.eps)
+        if _FAST_NORM is not None and _FAST_NORM[0](x):
+            return _FAST_NORM[1](x, f, self.num_groups, self.weight, self.bias, self.eps, silu=self.silu)
+        y = super().forward(x) if f == 1 else clip_group_norm(x, f, self.num_groups, self.weight, self.bias,
+                                                              self.eps)
+        return F.silu(y) if self.silu else y
+
+
+class TimeEmbeddingSiLU(nn.SiLU):
+    """A resnet's `nonlinearity` once its norms apply the SiLU themselves: SiLU for the time embedding
+    (B, C), the only other input it gets, and nothing for the (B, C, H, W) activations."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) if x.ndim == 2 else x
+
+
+def fuse_silu(unet: nn.Module) -> None:
+    """Move each SiLU that directly follows a clip GroupNorm into the norm; the same function.
+
+    In a resnet whose time embedding is added before norm2 ("default"), `nonlinearity` acts on norm1's
+    output, on the time embedding and on norm2's output; the norms take over the first and last. The
+    UNet's `conv_act` follows `conv_norm_out`. The modules hold no weights: the state dict is unchanged.
+    """
+    for resnet in [m for m in unet.modules() if isinstance(m, ResnetBlock2D)]:
+        if (type(resnet.nonlinearity) is nn.SiLU and resnet.time_embedding_norm == "default"
+                and isinstance(resnet.norm1, ClipGroupNorm) and isinstance(resnet.norm2, ClipGroupNorm)):
+            resnet.norm1.silu = resnet.norm2.silu = True
+            resnet.nonlinearity = TimeEmbeddingSiLU()
+    if isinstance(unet.conv_norm_out, ClipGroupNorm) and type(unet.conv_act) is nn.SiLU:
+        unet.conv_norm_out.silu = True
+        unet.conv_act = nn.Identity()
 
 
 def clip_group_norm(x: torch.Tensor, frames: int, groups: int, weight: torch.Tensor | None,
@@ -311,6 +355,7 @@ def inflate(
             resnet.norm1 = ClipGroupNorm(resnet.norm1, ctx)
             resnet.norm2 = ClipGroupNorm(resnet.norm2, ctx)
         unet.conv_norm_out = ClipGroupNorm(unet.conv_norm_out, ctx)
+        fuse_silu(unet)  # the same function; one kernel for norm and SiLU on a GPU
     if temporal:
         for block in _transformer_blocks(unet):
             dim = block.attn1.to_q.in_features

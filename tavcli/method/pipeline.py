@@ -22,14 +22,17 @@ import torch
 from torch import nn
 
 from tavcli.engine import compiling
-from tavcli.engine.runtime import Runtime, in_fitting_batches
+from tavcli.engine.runtime import Runtime, Work, attention_kernel_for, attention_kernels, in_fitting_batches
 from tavcli.method import adapters, ddim
 from tavcli.engine.geglu import recompute_geglus
-from tavcli.method.attention import inflate
+from tavcli.engine import triton_groupnorm
+from tavcli.method.attention import inflate, use_fast_norm
 from tavcli.method.denoiser import Denoiser
 from tavcli.method.models import Base, decode_latents, encode_frames, encode_prompts, encoders_parked
 from tavcli.method.params import AdapterSpec, Attention, EditSettings, Scheduler, TuneSettings, partial_steps
 from tavcli.method.tuning import ClipLatents, Loop, TuneState, tune
+
+use_fast_norm(triton_groupnorm.available, triton_groupnorm.clip_group_norm)  # on a GPU, with triton
 
 
 @dataclass
@@ -39,6 +42,12 @@ class TuneAVideo:
     params: list[nn.Parameter] = field(repr=False)
     tuned_state: dict[str, torch.Tensor] | None = field(default=None, repr=False)  # fp32, once cast for inference
     compiled: bool = False
+    # One Denoiser per runtime, shared by the inversion and every prompt of every edit with
+    # these weights, so each input shape is warmed up and captured once; dropped when the weights move.
+    _denoisers: dict[tuple, Denoiser] = field(default_factory=dict, init=False, repr=False)
+    # The clip last encoded, and its latents: `tav tune` inverts the clip it has just tuned on.
+    _encoded: tuple[np.ndarray, tuple[torch.Tensor, torch.Tensor]] | None = field(default=None, init=False,
+                                                                                 repr=False)
 
     @property
     def unet(self) -> nn.Module:
@@ -70,7 +79,16 @@ class TuneAVideo:
         if not self.compiled:
             compiling.compile_regions(self.unet, backend=backend)
             self.compiled = True
+            self._denoisers.clear()
         return self
+
+    def denoiser(self, runtime: Runtime = Runtime(), work: Work = Work.SAMPLING) -> Denoiser:
+        """The sampler's UNet call for these weights, made once per CUDA-graphs setting and attention kernel
+        (a capture keeps the kernels it was recorded with)."""
+        key = (runtime.cuda_graphs, attention_kernel_for(runtime.attention_kernel, work))
+        if key not in self._denoisers:
+            self._denoisers[key] = Denoiser(self.unet, runtime.cuda_graphs)
+        return self._denoisers[key]
 
     def save_adapter(self, folder: str | Path, dtype: torch.dtype | None = None) -> Path:
         return adapters.save_adapter(self.unet, self.spec, folder, dtype, state=self.tuned_state or None)
@@ -85,10 +103,14 @@ class TuneAVideo:
                                 adapters.adapter_state(self.unet, self.spec).items()}
             self.unet.to(self.base.dtype)
             self.params = []
+            self._denoisers.clear()  # captured graphs read the weights' old storage
         return self
 
     def latents(self, frames: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        return encode_frames(self.base, frames)
+        """The VAE posterior's mean and std of uint8 frames, encoded once for the same array."""
+        if self._encoded is None or self._encoded[0] is not frames:
+            self._encoded = frames, encode_frames(self.base, frames)
+        return self._encoded[1]
 
     def tune(self, frames: np.ndarray, caption: str, settings: TuneSettings = TuneSettings(),
              callback: Callable[[int, torch.Tensor], None] | None = None, runtime: Runtime = Runtime(),
@@ -104,6 +126,7 @@ class TuneAVideo:
         mean, std = self.latents(frames)
         clip = ClipLatents(mean, std, encode_prompts(self.base, [caption]))
         alphas = _alphas_cumprod(self.base.scheduler_config)
+        self._denoisers.clear()  # the tuned weights end up in new storage
         with encoders_parked(self.base) if park else contextlib.nullcontext():
             return tune(self.unet, self.params, clip, alphas, settings,
                         self.base.scheduler_config.get("prediction_type", "epsilon"), callback, runtime,
@@ -140,9 +163,10 @@ class TuneAVideo:
         """
         mean, _ = self.latents(frames)
         schedule = ddim.ddim_schedule(self.base.scheduler_config, steps)
-        denoise = Denoiser(self.unet, runtime.cuda_graphs)
+        empty = encode_prompts(self.base, [""])
         upto = None if strength == 1 else partial_steps(strength, steps)
-        return ddim.invert(denoise, mean, encode_prompts(self.base, [""]), schedule, callback, upto)
+        with attention_kernels(runtime.attention_kernel, Work.INVERSION, self.base.device):
+            return ddim.invert(self.denoiser(runtime, Work.INVERSION), mean, empty, schedule, callback, upto)
 
     def generate(self, prompts: list[str], settings: EditSettings = EditSettings(),
                  noise: torch.Tensor | None = None, frames: int = 8, height: int = 512, width: int = 512,
@@ -168,20 +192,22 @@ class TuneAVideo:
         f = self.base.vae_factor
         shape = (1, frames, 4, height // f, width // f)
         uncond = encode_prompts(self.base, [settings.negative_prompt])
-        denoise = Denoiser(self.unet, runtime.cuda_graphs)  # one capture serves every prompt
+        denoise = self.denoiser(runtime)  # one capture serves every prompt
 
         def render(text: torch.Tensor, seeds: tuple[int, ...]) -> np.ndarray:
             generators = [torch.Generator().manual_seed(seed) for seed in seeds]  # CPU: the same on any device
             start = (torch.cat([torch.randn(shape, generator=g) for g in generators]).to(self.base.device)
                      if from_noise else noise.expand(len(seeds), *noise.shape[1:]))
-            if settings.scheduler == Scheduler.DDIM:
-                draw = ddim.seeded_noise(generators, start) if settings.eta else None
-                latents = ddim.sample(denoise, start, text, uncond, schedule, settings.guidance, callback,
-                                      settings.eta, draw)
-            else:  # a fresh scheduler for each batch: multistep ones keep state
-                scheduler = ddim.diffusers_scheduler(settings.scheduler, self.base.scheduler_config, settings.steps)
-                latents = ddim.sample_with(scheduler, denoise, start, text, uncond, settings.guidance, callback,
-                                           generators)
+            with attention_kernels(runtime.attention_kernel, Work.SAMPLING, self.base.device):  # not the VAE's
+                if settings.scheduler == Scheduler.DDIM:
+                    draw = ddim.seeded_noise(generators, start) if settings.eta else None
+                    latents = ddim.sample(denoise, start, text, uncond, schedule, settings.guidance, callback,
+                                          settings.eta, draw)
+                else:  # a fresh scheduler for each batch: multistep ones keep state
+                    scheduler = ddim.diffusers_scheduler(settings.scheduler, self.base.scheduler_config,
+                                                         settings.steps)
+                    latents = ddim.sample_with(scheduler, denoise, start, text, uncond, settings.guidance,
+                                               callback, generators)
             return decode_latents(self.base, latents)
         videos = []
         for text in encode_prompts(self.base, prompts).split(1):

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tavcli.engine.graphs import CudaGraph
-from tavcli.engine.runtime import MasterWeights, Runtime, autocast_for
+from tavcli.engine.runtime import MasterWeights, Runtime, Work, attention_kernels, autocast_for
 from tavcli.errors import BadInput
 from tavcli.method.attention import video_forward
 from tavcli.method.params import TuneSettings
@@ -210,15 +210,16 @@ def tune(
     if resume is not None:
         losses = _restore(resume, optimizer, g, device)
     loop = Loop(unet, optimizer, g, masters, losses)
-    if resume is not None and between is not None:
-        between(loop)  # what the stopped run had not finished at this step (a preview) is done now
-    for i in range(len(losses), settings.steps):
-        noise.draw_(g, len(alphas))
-        losses.append(run().clone())  # a replay overwrites its loss at the next step
-        if callback is not None:
-            callback(i, losses[-1])
-        if between is not None:
-            between(loop)
+    with attention_kernels(runtime.attention_kernel, Work.TUNING, device):  # chosen eagerly, kept by the capture
+        if resume is not None and between is not None:
+            between(loop)  # what the stopped run had not finished at this step (a preview) is done now
+        for i in range(len(losses), settings.steps):
+            noise.draw_(g, len(alphas))
+            losses.append(run().clone())  # a replay overwrites its loss at the next step
+            if callback is not None:
+                callback(i, losses[-1])
+            if between is not None:
+                between(loop)
     if masters:
         masters.restore()
     unet.eval()

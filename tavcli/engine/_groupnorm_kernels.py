@@ -1,0 +1,116 @@
+"""Triton kernels of the clip GroupNorm (`tavcli.engine.triton_groupnorm` launches them and says why).
+
+Imported only where triton is: torch's CPU builds come without it.
+"""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _rows(pid, rows, c, frames, groups, cg, ROWS: tl.constexpr):
+    """A tile's row indices, their mask, channel and (clip, group) index."""
+    r = pid * ROWS + tl.arange(0, ROWS)
+    live = r < rows
+    image = r // c
+    ch = r - image * c
+    return r, live, ch, (image // frames) * groups + ch // cg
+
+
+@triton.jit
+def _dz(z_hat, dy, w, b, SILU: tl.constexpr):
+    """The gradient at the norm's output z = w*x_hat + b, through the SiLU when it is fused."""
+    if SILU:
+        z = z_hat * w + b
+        sig = tl.sigmoid(z)
+        return dy * sig * (1.0 + z * (1.0 - sig))
+    return dy
+
+
+@triton.jit
+def row_sums(X, DY, STATS, W, B, OUT, rows, hw, c, frames, groups, cg,
+             ROWS: tl.constexpr, COLS: tl.constexpr, BACKWARD: tl.constexpr, SILU: tl.constexpr):
+    """Per row: sum x and sum x^2 (forward); sum dz and sum dz*x_hat (backward)."""
+    r, live, ch, bg = _rows(tl.program_id(0), rows, c, frames, groups, cg, ROWS)
+    base = r.to(tl.int64)[:, None] * hw
+    acc1 = tl.zeros([ROWS, COLS], dtype=tl.float32)
+    acc2 = tl.zeros([ROWS, COLS], dtype=tl.float32)
+    if BACKWARD:
+        total = (rows // (frames * c)) * groups  # STATS is (2, clips * groups): means, then 1/stds
+        mean = tl.load(STATS + bg, mask=live, other=0.0)[:, None]
+        rstd = tl.load(STATS + total + bg, mask=live, other=0.0)[:, None]
+        w = tl.load(W + ch, mask=live, other=0.0).to(tl.float32)[:, None]
+        b = tl.load(B + ch, mask=live, other=0.0).to(tl.float32)[:, None]
+    for start in range(0, hw, COLS):
+        col = start + tl.arange(0, COLS)[None, :]
+        m = live[:, None] & (col < hw)
+        x = tl.load(X + base + col, mask=m, other=0.0).to(tl.float32)
+        if BACKWARD:
+            x_hat = (x - mean) * rstd
+            dz = _dz(x_hat, tl.load(DY + base + col, mask=m, other=0.0).to(tl.float32), w, b, SILU)
+            dz = tl.where(m, dz, 0.0)
+            acc1 += dz
+            acc2 += dz * x_hat
+        else:
+            acc1 += x
+            acc2 += x * x
+    tl.store(OUT + r, tl.sum(acc1, 1), mask=live)
+    tl.store(OUT + rows + r, tl.sum(acc2, 1), mask=live)
+
+
+@triton.jit
+def finalise(SUMS, W, OUT, hw, c, frames, groups, cg, n, eps, BACKWARD: tl.constexpr, BLOCK: tl.constexpr):
+    """Per (clip, group): mean and 1/std (forward); mean of w*dz and of w*dz*x_hat (backward)."""
+    pid = tl.program_id(0)
+    clip, g = pid // groups, pid % groups
+    rows = (tl.num_programs(0) // groups) * frames * c
+    acc1 = tl.zeros([BLOCK], dtype=tl.float32)
+    acc2 = tl.zeros([BLOCK], dtype=tl.float32)
+    for start in range(0, frames * cg, BLOCK):
+        k = start + tl.arange(0, BLOCK)
+        live = k < frames * cg
+        f, j = k // cg, k % cg
+        r = (clip * frames + f) * c + g * cg + j
+        s1 = tl.load(SUMS + r, mask=live, other=0.0)
+        s2 = tl.load(SUMS + rows + r, mask=live, other=0.0)
+        if BACKWARD:
+            w = tl.load(W + g * cg + j, mask=live, other=0.0).to(tl.float32)
+            s1, s2 = s1 * w, s2 * w
+        acc1 += s1
+        acc2 += s2
+    total = tl.num_programs(0)
+    m1 = tl.sum(acc1, 0) / n
+    m2 = tl.sum(acc2, 0) / n
+    if BACKWARD:
+        tl.store(OUT + pid, m1)
+        tl.store(OUT + total + pid, m2)
+    else:
+        # E[x^2] - E[x]^2 in fp32, as the PyTorch-ops norm computes it
+        tl.store(OUT + pid, m1)
+        tl.store(OUT + total + pid, 1.0 / tl.sqrt(tl.maximum(m2 - m1 * m1, 0.0) + eps))
+
+
+@triton.jit
+def apply(X, DY, STATS, MEANS, W, B, OUT, rows, hw, c, frames, groups, cg,
+          ROWS: tl.constexpr, COLS: tl.constexpr, BACKWARD: tl.constexpr, SILU: tl.constexpr):
+    """y = [silu](w*x_hat + b) (forward); dx = rstd*(w*dz - mean(w*dz) - x_hat*mean(w*dz*x_hat)) (backward)."""
+    r, live, ch, bg = _rows(tl.program_id(0), rows, c, frames, groups, cg, ROWS)
+    total = (rows // (frames * c)) * groups
+    mean = tl.load(STATS + bg, mask=live, other=0.0)[:, None]
+    rstd = tl.load(STATS + total + bg, mask=live, other=0.0)[:, None]
+    w = tl.load(W + ch, mask=live, other=0.0).to(tl.float32)[:, None]
+    b = tl.load(B + ch, mask=live, other=0.0).to(tl.float32)[:, None]
+    col = tl.program_id(1) * COLS + tl.arange(0, COLS)[None, :]
+    m = live[:, None] & (col < hw)
+    offs = r.to(tl.int64)[:, None] * hw + col
+    x_hat = (tl.load(X + offs, mask=m, other=0.0).to(tl.float32) - mean) * rstd
+    if BACKWARD:
+        m1 = tl.load(MEANS + bg, mask=live, other=0.0)[:, None]
+        m2 = tl.load(MEANS + total + bg, mask=live, other=0.0)[:, None]
+        dz = _dz(x_hat, tl.load(DY + offs, mask=m, other=0.0).to(tl.float32), w, b, SILU)
+        out = rstd * (w * dz - m1 - x_hat * m2)
+    else:
+        out = x_hat * w + b
+        if SILU:
+            out = out * tl.sigmoid(out)
+    tl.store(OUT + offs, out.to(OUT.dtype.element_ty), mask=m)
