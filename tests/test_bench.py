@@ -17,7 +17,9 @@ def test_tiny_bench_times_the_jobs_users_run(tmp_path, monkeypatch):
                                       "--edit-prompts", "3", "--json"])
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
-    assert calls == ["tune", "edit", "edit", "edit"]  # the same code path as `tav tune` and `tav edit`
+    # the same code path as `tav tune` and `tav edit`: tune, two edits, the 3-prompt edit, a strength-0.5 edit,
+    # and the short tune that renders one preview
+    assert calls == ["tune", "edit", "edit", "edit", "edit", "tune"]
     assert out["device"] == "cpu" and out["settings"]["steps"] == 6
     assert 0 < out["tune_ms_per_step"] < 10_000
     # both figures are rounded to 0.1, so the projection may differ from 0.3 × the shown median by 0.05
@@ -29,6 +31,8 @@ def test_tiny_bench_times_the_jobs_users_run(tmp_path, monkeypatch):
     # three prompts take longer than one; the fresh processes ran (their JSON parsed) and were timed
     assert out["edit_prompts_s"] > out["edit_warm_s"] and out["edit_prompts_peak_gib"] is None  # no GPU: null
     assert out["fresh_tune_s"] > 0 and out["fresh_edit_s"] > 0
+    # a strength-0.5 edit samples half the steps (after its partial inversion); one preview was timed
+    assert out["edit_strength_s"] > 0 and out["preview_s"] > 0 and out["settings"]["edit_strength"] == 0.5
 
 
 def test_tiny_bench_with_compile_times_a_second_pass_from_the_cache(tmp_path, monkeypatch):
@@ -47,10 +51,11 @@ def test_tiny_bench_with_compile_times_a_second_pass_from_the_cache(tmp_path, mo
                         lambda unet, **k: compiled.append(1) or real_compile(unet, **k | {"backend": "aot_eager"}))
     result = CliRunner().invoke(app, ["bench", "--tiny", "--frames", "4", "--size", "64", "--steps", "5",
                                       "--edit-steps", "2", "--device", "cpu", "--compile", "--fresh-tune-steps", "0",
-                                      "--edit-prompts", "0", "--json"])
+                                      "--edit-prompts", "0", "--no-preview", "--edit-strength", "1", "--json"])
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
     assert out["fresh_tune_s"] is None and out["fresh_edit_s"] is None and out["edit_prompts_s"] is None
+    assert out["preview_s"] is None and out["edit_strength_s"] is None  # not asked: null
     assert calls == ["tune", "edit", "edit", "tune", "edit"] and len(compiled) == 5
     assert out["settings"]["compile"] is True and out["compile_cache_was_empty"] is True
     again = out["from_cache"]

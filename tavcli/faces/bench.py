@@ -38,6 +38,9 @@ class BenchSettings(Settings):
     fresh_tune_steps: int = setting(300, "Also time a whole `tav tune` of this many steps, then a `tav edit`, "
                                          "each in a fresh process (0: not).", min=0)
     edit_prompts: int = setting(8, "Also time one `tav edit` with this many prompts (0 or 1: not).", min=0)
+    preview: bool = setting(True, "Also time one preview (`tav tune --preview`: the clip inverted with the model "
+                                  "of that step, then sampled; --edit-steps steps each).")
+    edit_strength: float = setting(0.5, "Also time one `tav edit --strength S` (1: not).", positive=True, max=1)
 
 
 class _Clock(Reporter):
@@ -65,6 +68,19 @@ class _Clock(Reporter):
     def step(self, i: int, loss: float | None = None) -> None:
         self.sync()
         self.steps.setdefault(self.stages[-1][0], []).append(time.perf_counter())
+
+    def detail(self, text: str) -> None:
+        if "preview" in text and self.preview_started is None:
+            self.sync()
+            self.preview_started = time.perf_counter()
+
+    def log(self, message: str) -> None:
+        if message.startswith("preview at step") and self.preview_done is None:
+            self.sync()
+            self.preview_done = time.perf_counter()
+
+    preview_started: float | None = None  # the first preview's start and end (its path logged)
+    preview_done: float | None = None
 
     def span(self, first: Stage, then: Stage | None = None) -> float:
         """Seconds from the start of stage `first` to the start of `then` (or to now)."""
@@ -189,9 +205,10 @@ def run(settings: BenchSettings, reporter: Reporter = Reporter()) -> dict:
     with tempfile.TemporaryDirectory(prefix="tav-bench-") as tmp:
         store = open_store(Path(tmp) / "store")
         clip = builtin.synthetic_clip(Path(tmp) / "clip.mp4", settings.frames, settings.size)
-        tune_job = jobs.tune_job({"video": clip, "prompt": "a man is skiing", "base": base,
-                                  "frames": settings.frames, "size": settings.size, "steps": settings.steps,
-                                  "inversion_steps": settings.inversion_steps, **runtime})
+        tune_flags = {"video": clip, "prompt": "a man is skiing", "base": base, "frames": settings.frames,
+                      "size": settings.size, "steps": settings.steps, "inversion_steps": settings.inversion_steps,
+                      **runtime}
+        tune_job = jobs.tune_job(tune_flags)
 
         def edit_job(artifact, prompts: int = 1) -> jobs.EditJob:
             many = [_PROMPTS[i % len(_PROMPTS)] + (f" ({i // len(_PROMPTS)})" if i >= len(_PROMPTS) else "")
@@ -221,6 +238,20 @@ def run(settings: BenchSettings, reporter: Reporter = Reporter()) -> dict:
             torch._dynamo.reset()  # the tune's inversion compiled the sampling graphs in memory: drop those too
             figures["edit"] = _time_edit(edit_job(artifact), store, _Clock(sync), cuda)
             out["from_cache"] = figures
+        out["edit_strength_s"] = out["preview_s"] = None
+        if settings.edit_strength < 1:
+            reporter.stage(Stage.EDITING, f"(strength {settings.edit_strength})")
+            job = edit_job(artifact).replace(settings=edit_job(artifact).settings.replace(
+                strength=settings.edit_strength))
+            out["edit_strength_s"] = _time_edit(job, store, _Clock(sync), cuda)["s"]
+        if settings.preview:  # a short second tune whose last step renders one preview
+            reporter.stage(Stage.TUNING, "(one preview)")
+            clock = _Clock(sync)
+            jobs.tune(jobs.tune_job(tune_flags | {"steps": 2, "inversion_steps": 2, "preview": ["a panda is skiing"],
+                                                  "preview_every": 2, "preview_steps": settings.edit_steps}),
+                      store, clock)
+            if clock.preview_started is not None and clock.preview_done is not None:
+                out["preview_s"] = round(clock.preview_done - clock.preview_started, 2)
         out["fresh_tune_s"] = out["fresh_edit_s"] = None
         if settings.fresh_tune_steps:
             reporter.stage(Stage.TUNING, f"(a fresh `tav tune`, {settings.fresh_tune_steps} steps)")

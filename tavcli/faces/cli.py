@@ -865,6 +865,8 @@ def bench(
     attention_kernel: AttentionKernel = None,
     fresh_tune_steps: Annotated[int | None, _option(BenchSettings, "fresh_tune_steps")] = None,
     edit_prompts: Annotated[int | None, _option(BenchSettings, "edit_prompts")] = None,
+    preview: Annotated[bool | None, _option(BenchSettings, "preview", "--preview/--no-preview")] = None,
+    edit_strength: Annotated[float | None, _option(BenchSettings, "edit_strength")] = None,
     as_json: Json = False,
 ) -> None:
     """Time a whole tune and edit on random SD v1.4-sized weights (no download), as `tav tune`/`edit` run."""
