@@ -1,3 +1,3 @@
-from tavcli.faces.cli import app
+from tavcli.faces.cli import run
 
-app(prog_name="tav")
+run()

@@ -59,6 +59,11 @@ class Interrupted(TavError):
     exit_code = 130
 
 
+def counted(n: int, noun: str) -> str:
+    """`1 frame`, `2 frames`: a count in a message."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 

@@ -51,6 +51,18 @@ def test_full_adapter_holds_only_the_tuned_tensors_in_fp16(tiny_base, tmp_path):
     assert read_spec(tmp_path / "a") == AdapterSpec("full")
 
 
+@pytest.mark.parametrize("kind", ["full", "lora"])
+def test_the_same_adapter_is_always_the_same_bytes(tiny_base, tmp_path, kind):
+    """safetensors writes its metadata from a hash map, in a new order each time; tav sorts it."""
+    tuned = TuneAVideo.create(tiny_base, AdapterSpec(kind))
+    files = [tuned.save_adapter(tmp_path / str(i)) / WEIGHTS_NAME for i in range(6)]
+    assert len({f.read_bytes() for f in files}) == 1
+    data = files[0].read_bytes()
+    metadata = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])["__metadata__"]  # in the file's order
+    assert list(metadata) == sorted(metadata) and len(metadata) > 3
+    assert read_spec(files[0].parent) == AdapterSpec(kind)  # still a file safetensors and tav read
+
+
 def test_lora_adapter_is_a_peft_lora_without_the_frozen_temporal_weights(tiny_base, tmp_path):
     from peft import LoraConfig
 

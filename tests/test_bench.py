@@ -61,3 +61,31 @@ def test_tiny_bench_with_compile_times_a_second_pass_from_the_cache(tmp_path, mo
     again = out["from_cache"]
     assert again["tune_total_s"] > 0 and len(again["tune_first_steps_s"]) == 5 and again["adapter_bytes"] > 10_000
     assert 0 < again["edit"]["s"] <= again["edit"]["total_s"]
+
+
+def _strict_json(text: str):
+    """JSON as the standard has it: NaN and Infinity are not JSON."""
+    return json.loads(text, parse_constant=lambda c: (_ for _ in ()).throw(ValueError(f"{c} is not JSON")))
+
+
+def test_tiny_bench_defaults_are_small(tmp_path, monkeypatch):
+    from tavcli.faces.bench import FULL, TINY, BenchSettings
+
+    assert {k: getattr(BenchSettings(tiny=True), k) for k in TINY} == TINY
+    assert {k: getattr(BenchSettings(), k) for k in FULL} == FULL
+    assert BenchSettings(tiny=True, steps=9).steps == 9
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    result = CliRunner().invoke(app, ["bench", "--tiny", "--device", "cpu", "--json"])
+    assert result.exit_code == 0, result.output
+    out = _strict_json(result.stdout)
+    assert {k: out["settings"][k] for k in TINY} == TINY
+
+
+def test_a_figure_bench_cannot_compute_is_null_not_nan(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    result = CliRunner().invoke(app, ["bench", "--tiny", "--steps", "2", "--inversion-steps", "2", "--edit-steps",
+                                      "1", "--device", "cpu", "--json"])
+    assert result.exit_code == 0, result.output
+    out = _strict_json(result.stdout)
+    assert out["tune_ms_per_step"] is None and out["projected_300_steps_s"] is None
+    assert out["inversion_ms_per_step"] is None and out["inversion_s"] > 0

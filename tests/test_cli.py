@@ -489,6 +489,25 @@ def test_export_peft(cli, home, tmp_path):
     assert sorted(p.name for p in (tmp_path / "peft").iterdir()) == ["README.md", "adapter_config.json",
                                                                      "adapter_model.safetensors", "samples"]
     assert_error(cli("export", "slide", tmp_path / "peft", "--format", "peft"), 2, "exists", "--force")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {p.stat().st_mode & 0o777 for p in (tmp_path / "peft").iterdir()} == {0o666 & ~umask}  # as any file made
+
+
+def test_edit_of_a_long_multiline_non_ascii_prompt(cli, home, tmp_path):
+    """The progress line shows one short line of it, a warning says CLIP reads 77 tokens of it, the file name
+    keeps its letters in any script; and a CPU run records nothing about CUDA graphs."""
+    prompt = "犬 running\n" + " ".join(["through a very long field"] * 30)
+    r = cli("edit", "slide", prompt, *EDIT, "--out-dir", tmp_path)
+    assert r.code == 0, r.stderr
+    assert Path(r.stdout.strip()).name.startswith("slide-犬-running-through-a-very-long-field")
+    editing = next(line for line in r.stderr.splitlines() if line.startswith("tav: editing: "))
+    assert editing.startswith("tav: editing: 犬 running through") and "…" in editing and len(editing) < 100
+    warning = next(line for line in r.stderr.splitlines() if line.startswith("tav: warning: "))
+    assert "tokens; CLIP reads the first 77" in warning and "\n" not in warning
+    record = only_artifact(home).edits()[-1]
+    assert record["prompt"] == prompt  # recorded whole
+    assert "cuda_graphs" not in json.dumps(record) and "cuda_graphs" not in json.dumps(only_artifact(home).manifest)
 
 
 # --- bad input: exit code, one error line, nothing on stdout, the store as it was --------------------------------
@@ -526,6 +545,15 @@ TUNE_BAD_INPUTS = {
     "negative steps": ("five.mp4", ("--steps", "-1"), 2, ("--steps", "-1")),
     "name taken": ("five.mp4", ("--name", "slide"), 2, ("slide", "taken")),
     "name like an id": ("five.mp4", ("--name", "beef"), 2, ("beef", "looks like an artifact id")),
+    "name like an upper-case id": ("five.mp4", ("--name", "BEEF"), 2, ("BEEF", "looks like an artifact id")),
+    "name '..'": ("five.mp4", ("--name", ".."), 2, ("'..'", "invalid name")),
+    "name like a flag": ("five.mp4", ("--name=-x",), 2, ("'-x'", "invalid name")),
+    # bounds and finiteness of every number, before the clip is read or a model loads (no progress line)
+    "size above the bound": ("five.mp4", ("--size", "100000"), 2, ("--size", "at most 2048", "100000")),
+    "lr nan": ("five.mp4", ("--lr", "nan"), 2, ("--lr", "finite")),
+    "weight decay inf": ("five.mp4", ("--weight-decay", "inf"), 2, ("--weight-decay", "finite")),
+    "bogus device": ("five.mp4", ("--device", "bogus"), 2, ("'bogus'", "auto, cpu, cuda or cuda:N")),
+    "device with a bad index": ("five.mp4", ("--device", "cuda:x"), 2, ("'cuda:x'", "cuda:N")),
 }
 
 
@@ -582,6 +610,13 @@ EDIT_BAD_OPTIONS = {
     "seeds malformed": (("a", "--seeds", "1,x"), ("--seeds takes whole numbers", "'1,x'")),
     "seed given twice": (("a", "--seeds", "3,3", "--eta", "1"), ("--seeds gives seed 3 twice",)),
     "-o with seeds": (("a", "--seeds", "1,2", "--eta", "1", "-o", "{out}/x.mp4"), ("-o", "--seeds")),
+    "guidance nan": (("a", "--guidance", "nan"), ("--guidance", "finite")),
+    "guidance inf": (("a", "--guidance", "inf"), ("--guidance", "finite")),
+    "fps inf": (("a", "--fps", "inf"), ("--fps", "finite")),
+    "fps above the bound": (("a", "--fps", "100000"), ("--fps", "at most 240")),
+    "-o gif with --format mp4": (("a", "-o", "{out}/x.gif", "--format", "mp4"), ("x.gif", "--format says mp4")),
+    "-o with an unknown suffix": (("a", "-o", "{out}/x.avi"), ("'.avi'", ".mp4, .gif")),
+    "bogus device": (("a", "--device", "bogus"), ("'bogus'", "auto, cpu, cuda or cuda:N")),
 }
 
 
@@ -593,6 +628,58 @@ def test_edit_bad_options(cli, home, tmp_path, case):
     assert_error(cli("edit", "slide", *EDIT, "--out-dir", out, *(a.format(out=out) for a in args)), 2, *words)
     assert not out.exists()  # nothing written, not even a placeholder
     assert store_state(home) == before and tmp_leftovers(home) == []
+
+
+def test_edit_refuses_unusable_paths_before_any_work(cli, home, tmp_path):
+    """--out-dir and -o in the way, --prompts-file missing, a folder or not UTF-8: exit 2, one line naming the
+    path, before the base loads (no progress line) and with nothing written."""
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9 au lait\n".encode("latin-1"))
+    (tmp_path / "a-folder").mkdir()
+    cases = {
+        "--out-dir a file": (("a", "--out-dir", a_file), ("--out-dir", str(a_file), "is a file")),
+        "--out-dir under a file": (("a", "--out-dir", a_file / "sub"), ("--out-dir", "is a file")),
+        "-o under a file": (("a", "-o", a_file / "x.mp4"), ("-o", "is a file")),
+        "-o an existing folder": (("a", "-o", tmp_path / "a-folder"), ("is a folder", "--out-dir")),
+        "--prompts-file missing": (("--prompts-file", tmp_path / "nope.txt"), ("nope.txt", "not found")),
+        "--prompts-file a folder": (("--prompts-file", tmp_path / "a-folder"), ("a-folder", "is a folder")),
+        "--prompts-file not UTF-8": (("--prompts-file", tmp_path / "latin1.txt"), ("latin1.txt", "not UTF-8")),
+    }
+    before = store_state(home)
+    for name, (args, words) in cases.items():
+        r = cli("edit", "slide", *EDIT, *args)
+        assert_error(r, 2, *words), name
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "a-folder", "home", "latin1.txt"]
+    assert list((tmp_path / "a-folder").iterdir()) == []
+    assert store_state(home) == before and tmp_leftovers(home) == []
+
+
+def test_tune_refuses_a_clip_too_big_for_free_memory_before_loading(cli, home, source_mp4, tiny_base_dir,
+                                                                    monkeypatch):
+    from tavcli.engine import runtime
+
+    monkeypatch.setattr(runtime, "free_memory_gib", lambda device: 4.0)
+    before = store_state(home)
+    # SD v1-sized (a hub id: no local config to say it is narrower), fp32 on the CPU: far beyond 4 GiB.
+    r = cli("tune", source_mp4, PROMPT, "--base", "some-org/sd-v1", "--frames", "8", "--size", "2048", "--steps", "2")
+    line = assert_error(r, 2, "8 frames at 2048x2048", "GiB", "4.0 GiB free", "--low-memory")
+    need = float(line.split("needs about ")[1].split(" GiB")[0])
+    assert need > 100
+    # The tiny base's own config says how narrow it is: the same clip at 64x64 fits in 4 GiB.
+    r = cli("tune", source_mp4, PROMPT, "--base", tiny_base_dir, *TUNE, "--inversion-steps", "1")
+    assert r.code == 0, r.stderr
+    assert len(store_state(home)[0]) == len(before[0]) + 1
+
+
+def test_estimated_memory_follows_the_measured_figures():
+    from tavcli.method.tuning import estimate_gib
+
+    assert estimate_gib(8, 512, 512) == pytest.approx(11.5)  # the measured 9.73 GiB (H200, bf16), rounded up
+    assert estimate_gib(24, 512, 512, low_memory=True) == pytest.approx(9.5)  # measured 8.17
+    assert estimate_gib(8, 512, 512, fp32=True) == pytest.approx(23.0)
+    assert estimate_gib(8, 2048, 2048) == pytest.approx(3.5 + 8 * 16)
+    assert estimate_gib(8, 512, 512, unet_width=32) == pytest.approx(1.15)
 
 
 @pytest.mark.parametrize("command", [("show", "{}"), ("edit", "{}", "a blue car"), ("export", "{}", "x.tav"),
@@ -701,14 +788,19 @@ def _zip(path: Path, members: dict[str, bytes]) -> Path:
     return path
 
 
-def _escaping_export(path: Path, rel: str) -> Path:
-    """An export whose manifest and member would put a file at `rel` (outside the staging dir); its id is right."""
-    payload = b"pwned\n"
+def _crafted_export(path: Path, files: dict[str, bytes]) -> Path:
+    """An export of exactly these files, its manifest's hashes and id right."""
     manifest = {"prompt": "x", "schema": SCHEMA,
-                "files": {rel: {"sha256": hashlib.sha256(payload).hexdigest(), "bytes": len(payload)}}}
+                "files": {rel: {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+                          for rel, data in files.items()}}
     manifest["id"] = _content_id(manifest)
     manifest["created"] = "2024-01-01T00:00:00.000000Z"
-    return _zip(path, {"manifest.json": json.dumps(manifest).encode(), f"files/{rel}": payload})
+    return _zip(path, {"manifest.json": json.dumps(manifest).encode(), **{f"files/{r}": d for r, d in files.items()}})
+
+
+def _escaping_export(path: Path, rel: str) -> Path:
+    """An export whose manifest and member would put a file at `rel` (outside the staging dir); its id is right."""
+    return _crafted_export(path, {rel: b"pwned\n"})
 
 
 @pytest.fixture
@@ -720,6 +812,8 @@ def bad_exports(home, tmp_path) -> Path:
     _zip(d / "nomanifest.tav", {"files/a.txt": b"a"})
     _escaping_export(d / "dotdot.tav", "../../escape.txt")
     _escaping_export(d / "absolute.tav", "/tmp/escape.txt")
+    _crafted_export(d / "clash.tav", {"adapter": b"a file", "adapter/x.json": b"{}"})
+    _crafted_export(d / "long.tav", {"x" * 300: b"a long name"})
     # A sound export with one member's bytes altered (same length): caught by its sha256 while extracting.
     good = Store(home).export(only_artifact(home), d / "good.tav")
     with zipfile.ZipFile(good) as zf:
@@ -739,6 +833,8 @@ BAD_IMPORTS = {
     "member with ..": ("dotdot.tav", 2, ("not a tav export", "unsafe", "../../escape.txt")),
     "absolute member": ("absolute.tav", 2, ("not a tav export", "unsafe", "/tmp/escape.txt")),
     "altered member": ("altered.tav", 1, ("adapter/adapter_model.safetensors", "sha256")),
+    "a file that is also a folder": ("clash.tav", 2, ("not a tav export", "'adapter' is both a file and a folder")),
+    "a member name over 255 bytes": ("long.tav", 2, ("not a tav export", "300 bytes, over 255")),
 }
 
 
@@ -804,6 +900,148 @@ def test_interrupted_tune_leaves_store_as_it_was(home, source_mp4, tiny_base_dir
     assert re.fullmatch(r"tav: interrupted at step \d+ of 2000; `tav resume [0-9a-f]{8}` continues it",
                         stderr.splitlines()[-1]), stderr
     assert store_state(home) == before and tmp_leftovers(home) == []
+
+
+class _Trap:
+    def __reduce__(self):
+        return (print, ("the pickle ran",))
+
+
+def test_pickled_bases_speak_only_in_tavs_lines(cli, empty_home, tmp_path, source_mp4, tiny_base_dir):
+    """A .bin-only folder and a .ckpt: tav's own warning line, no library line (diffusers' "An error occurred
+    while trying to fetch", a raw UserWarning with a source path); a .bin with objects refused in tav's words."""
+    from diffusers import UNet2DConditionModel
+
+    from tests.test_single_file import folder_to_ldm
+
+    bin_base = tmp_path / "bin-sd"
+    shutil.copytree(tiny_base_dir, bin_base)
+    unet = UNet2DConditionModel.from_pretrained(tiny_base_dir, subfolder="unet")
+    for f in (bin_base / "unet").glob("*.safetensors"):
+        f.unlink()
+    unet.save_pretrained(bin_base / "unet", safe_serialization=False)
+    ckpt = tmp_path / "tiny.ckpt"
+    torch.save({"state_dict": folder_to_ldm(tiny_base_dir)}, ckpt)
+    for base, extra in ((bin_base, ()), (ckpt, ("--base-config", tiny_base_dir))):
+        r = cli("tune", source_mp4, PROMPT, "--base", base, *extra, *TUNE, "--inversion-steps", "1")
+        assert r.code == 0, r.stderr
+        lines = r.stderr.splitlines()
+        assert all(line.startswith("tav: ") for line in lines), r.stderr
+        assert any(line.startswith("tav: warning: ") and "pickle" in line and ".safetensors" in line
+                   for line in lines), r.stderr
+    state = torch.load(bin_base / "unet" / "diffusion_pytorch_model.bin", weights_only=True)
+    torch.save(state | {"trap": _Trap()}, bin_base / "unet" / "diffusion_pytorch_model.bin")
+    r = cli("tune", source_mp4, PROMPT, "--base", bin_base, *TUNE, "--inversion-steps", "1")
+    line = assert_error(r, 2, str(bin_base), "will not unpickle", "convert them to .safetensors", progress=True)
+    assert "weights_only" not in r.stderr and "the pickle ran" not in r.stdout + r.stderr, line
+
+
+def test_a_moved_base_folder_is_named_with_the_fix(cli, empty_home, tmp_path, source_mp4, tiny_base_dir):
+    base = tmp_path / "bases" / "sd"
+    shutil.copytree(tiny_base_dir, base)
+    r = cli("tune", source_mp4, PROMPT, "--base", base, *TUNE, "--inversion-steps", "2", "-q")
+    assert r.code == 0, r.stderr
+    moved = base.rename(tmp_path / "bases" / "sd-moved")
+    out = tmp_path / "out"
+    line = assert_error(cli("edit", r.stdout.strip(), "a blue car", *EDIT, "--out-dir", out), 2, str(base),
+                        "is not there any more", "--base NEWPATH")
+    assert line.count(str(base)) == 1 and not out.exists()
+    r = cli("edit", r.stdout.strip(), "a blue car", *EDIT, "--out-dir", out, "--base", moved, "-q")
+    assert r.code == 0 and Path(r.stdout.strip()).is_file(), r.stderr
+
+
+def test_a_second_tune_with_a_reserved_name_stops_at_its_start(home, source_mp4, tiny_base_dir):
+    """The first tune holds its --name from its start: the second one is refused before loading anything."""
+    first = subprocess.Popen([TAV, "tune", str(source_mp4), PROMPT, "--name", "twin", "--base", str(tiny_base_dir),
+                              *TUNE, "--inversion-steps", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, env=_subprocess_env(home))
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in first.stderr], daemon=True).start()
+    while not lines.get(timeout=60).startswith("tav: loading"):
+        pass
+    second = _invoke("tune", source_mp4, "another caption", "--name", "twin", "--base", tiny_base_dir, *TUNE,
+                     env={"TAV_HOME": str(home)})
+    assert_error(second, 2, "'twin'", "reserved by a tav tune running now")
+    stdout, _ = first.communicate(timeout=120)
+    assert first.returncode == 0 and SHORT_ID.fullmatch(stdout.strip())
+    assert [a.name for a in Store(home).list()] == ["slide", "twin"]
+    # Released at the end: the name is now taken (by an artifact), not reserved.
+    again = _invoke("tune", source_mp4, "another caption", "--name", "twin", "--base", tiny_base_dir, *TUNE,
+                    env={"TAV_HOME": str(home)})
+    assert_error(again, 2, "'twin' is taken by")
+
+
+def _unprivileged() -> list[str]:
+    """A command prefix that drops root, so that file permissions bind (root would write anyway)."""
+    if os.geteuid() != 0:
+        return []
+    if not shutil.which("setpriv"):
+        pytest.skip("running as root without setpriv: a read-only folder cannot be made to bind")
+    return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
+def test_a_read_only_store_lists_shows_and_exports_and_refuses_writes_up_front(tuned_home, source_mp4, tiny_base_dir):
+    import tempfile
+
+    shared = Path(tempfile.mkdtemp(prefix="tav-ro-"))  # under /tmp, so that an unprivileged user reaches it
+    try:
+        shared.chmod(0o777)
+        home, out = shared / "home", shared / "out"
+        shutil.copytree(tuned_home, home)
+        shutil.copy(source_mp4, shared / "clip.mp4")
+        out.mkdir(mode=0o777)
+        out.chmod(0o777)
+        for p in [home, *home.rglob("*")]:
+            p.chmod(0o555 if p.is_dir() else 0o444)
+        env = _subprocess_env(home, HOME=str(out))
+
+        def tav(*args):
+            p = subprocess.run([*_unprivileged(), TAV, *map(str, args)], capture_output=True, text=True, env=env,
+                               timeout=120, check=False)
+            return Result(p.returncode, p.stdout, p.stderr)
+
+        listed = tav("list", "--json")
+        assert listed.code == 0 and [a["name"] for a in json.loads(listed.stdout)] == ["slide"], listed.stderr
+        assert tav("show", "slide").code == 0
+        assert tav("store").code == 0
+        exported = tav("export", "slide", out / "slide.tav")
+        assert exported.code == 0 and zipfile.is_zipfile(out / "slide.tav"), exported.stderr
+        for args in (("tune", shared / "clip.mp4", PROMPT, "--base", tiny_base_dir, *TUNE), ("rm", "slide"),
+                     ("edit", "slide", "a blue car", "--out-dir", out), ("import", out / "slide.tav", "--name", "b")):
+            assert_error(tav(*args), 2, f"TAV_HOME={home} is not writable")  # before any work: no progress line
+        assert sorted(p.name for p in out.iterdir()) == ["slide.tav"]
+    finally:
+        for p in [shared, *shared.rglob("*")]:
+            p.chmod(0o755 if p.is_dir() else 0o644)
+        shutil.rmtree(shared)
+
+
+def test_tav_home_that_is_a_file(tmp_path, source_mp4, tiny_base_dir):
+    home = tmp_path / "home"
+    home.write_text("not a folder")
+    for args in (("list",), ("store",), ("tune", source_mp4, PROMPT, "--base", tiny_base_dir, *TUNE)):
+        assert_error(_invoke(*args, env={"TAV_HOME": str(home)}), 2, f"TAV_HOME={home} is a file, not a folder")
+    assert home.read_text() == "not a folder"
+
+
+def test_import_under_another_name(cli, home, tmp_path, source_mp4, tiny_base_dir):
+    export = tmp_path / "slide.tav"
+    assert cli("export", "slide", export).code == 0
+    original = only_artifact(home)
+    Store(home).remove(original)
+    r = cli("tune", source_mp4, "another caption", "--name", "slide", "--base", tiny_base_dir, *TUNE,
+            "--inversion-steps", "1", "-q")  # another artifact takes the name meanwhile
+    assert r.code == 0, r.stderr
+    squatter = only_artifact(home)
+    assert_error(cli("import", export), 2, "name 'slide' is taken", "--name")
+    r = cli("import", export, "--name", "slide-2")
+    assert r.code == 0, r.stderr
+    renamed = Store(home).resolve("slide-2")
+    assert r.stdout.strip() == renamed.short_id != original.short_id  # a name is content: a new id
+    assert renamed.manifest["files"] == original.manifest["files"]
+    Store(home).verify(renamed)
+    assert Store(home).resolve("slide") == squatter
+    assert_error(cli("import", export, "--name", "BEEF"), 2, "looks like an artifact id")
 
 
 def test_two_concurrent_edits(home, tmp_path):
@@ -875,6 +1113,14 @@ gradient_checkpointing: False
     assert m["tuning"]["steps"] == 2 and m["tuning"]["seed"] == 33 and len(m["loss"]) == 2
     assert m["source"]["indices"] == [0, 2, 4, 6] and m["video"]["resize"] == "squash"
     assert [e["prompt"] for e in only_artifact(empty_home).edits()] == ["a blue square slides right", "a green square"]
+    # -q: only the id on stdout (the edits are still made and recorded); the edits' --out-dir is checked first
+    Store(empty_home).remove(only_artifact(empty_home))
+    r = cli("tune", "--config", config, "--steps", "2", "--inversion-steps", "2", "--out-dir", tmp_path / "q", "-q")
+    assert r.code == 0 and r.stderr == "", r.stderr
+    assert SHORT_ID.fullmatch(r.stdout.strip()) and len(r.stdout.split()) == 1
+    assert len(list((tmp_path / "q").iterdir())) == 2 and len(only_artifact(empty_home).edits()) == 2
+    (tmp_path / "a-file").write_text("x")
+    assert_error(cli("tune", "--config", config, "--out-dir", tmp_path / "a-file", "-q"), 2, "--out-dir", "is a file")
 
 
 def test_malformed_config_is_one_line_with_its_line_number(cli, empty_home, tmp_path):
@@ -906,3 +1152,19 @@ def test_score_a_video_and_an_artifacts_edits(cli, home, tmp_path, clip_dir):
     assert r.code == 0 and r.stdout.count("\n") == 1 and r.stdout.startswith(str(Path(path).resolve()))
     assert_error(cli("score", path, "--clip", clip_dir), 2, "--prompt")
     assert_error(cli("score", path, "--prompt", "x", "--clip", tmp_path / "no-clip"), 2, "no-clip", progress=True)
+    assert_error(cli("score", tmp_path / "gone.mp4", "--prompt", "x", "--clip", clip_dir), 2, "gone.mp4", "not found")
+
+    # A --grid edit is scored on its edit (right) half, as `tav edit --score` scores it.
+    r = cli("edit", "slide", "a green square", *EDIT, "--out-dir", tmp_path / "g", "--grid", "-q")
+    grid = Path(r.stdout.strip())
+    scorer = Scorer.load(str(clip_dir))
+    half, whole = (scorer.score(f, "a green square")["clip_score"] for f in (mp4_frames(grid)[:, :, 64:],
+                                                                             mp4_frames(grid)))
+    Path(path).unlink()  # and an edit whose video is gone is said to be skipped
+    r = cli("score", "slide", "--clip", clip_dir, "--json")
+    assert r.code == 0, r.stderr
+    (row,) = json.loads(r.stdout)
+    assert row["video"] == str(grid.resolve())
+    assert abs(row["clip_score"] - half) < 0.5 and abs(row["clip_score"] - half) < abs(row["clip_score"] - whole)
+    assert "tav: warning: 1 of slide's 2 edit videos are gone from disk" in r.stderr.replace(
+        only_artifact(home).short_id, "slide")

@@ -19,15 +19,17 @@ print(json.dumps({"code": r.exit_code, "stdout": r.stdout, "heavy": heavy}))
 """
 
 
-@pytest.mark.parametrize("argv", [["--version"], ["list"], ["list", "--json"], ["store"], ["store", "--json"],
+@pytest.mark.parametrize("argv", [[], ["--version"], ["list"], ["list", "--json"], ["store"], ["store", "--json"],
                                   ["--help"], ["tune", "--help"], ["show", "nothing"], ["rm", "nothing"],
                                   ["export", "nothing", "x.tav"]])
 def test_store_commands_import_no_model_libraries(tmp_path, argv):
     env = {"TAV_HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
     out = subprocess.run([sys.executable, "-c", PROBE, *argv], capture_output=True, text=True, env=env, check=True)
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result["code"] == (3 if argv[-1] in ("nothing", "x.tav") else 0), result  # 3: not found
+    assert result["code"] == (3 if argv[-1:] in (["nothing"], ["x.tav"]) else 0), result  # 3: not found
     assert result["heavy"] == []
+    if argv == []:  # bare `tav`: its help, and success
+        assert "Usage: tav" in result["stdout"] and "tune" in result["stdout"]
     if argv == ["list", "--json"]:
         assert json.loads(result["stdout"]) == []
 

@@ -290,7 +290,9 @@ def test_import_official_malicious_bin_is_never_unpickled(cli, empty_home, tmp_p
     run = write_run(tmp_path / "run", state, config, tiny_base_dir)
     marker = tmp_path / "pwned"
     torch.save({**state, "x": Evil(marker)}, run / "unet" / "diffusion_pytorch_model.bin")
-    assert_error(cli("import-official", run, "-q"), 2, "diffusion_pytorch_model.bin", "weights_only=True")
+    line = assert_error(cli("import-official", run, "-q"), 2, "diffusion_pytorch_model.bin", "weights_only=True",
+                        "will not unpickle")
+    assert "weights_only=False" not in line  # tav's own advice, not torch's
     assert not marker.exists()
     assert store_state(empty_home) == ([], {}) and tmp_leftovers(empty_home) == []
 
@@ -432,8 +434,9 @@ def test_single_file_base_tune_edit_and_its_identity(cli, empty_home, workdir, t
     save_file(state, ckpt)
     assert ckpt.stat().st_size == st.st_size and hashlib.sha256(ckpt.read_bytes()).hexdigest() != digest
     before, outputs = store_state(empty_home), sorted(out.iterdir())
-    assert_error(cli("edit", sid, "a dog", *EDIT, "--out-dir", out, "-q"), 2, str(ckpt.resolve()),
-                 "not the base", sid, "--force")
+    line = assert_error(cli("edit", sid, "a dog", *EDIT, "--out-dir", out, "-q"), 2, str(ckpt.resolve()),
+                        f"has changed since {sid} was tuned on it", "sha256", "--base NEWPATH", "--force")
+    assert line.count(str(ckpt.resolve())) == 1
     assert hashed.count("tiny.safetensors") == 3
     assert store_state(empty_home) == before and sorted(out.iterdir()) == outputs and tmp_leftovers(empty_home) == []
     r = cli("edit", sid, "a dog", *EDIT, "--out-dir", out, "--force", "-q")
@@ -510,8 +513,9 @@ edits:
     monkeypatch.chdir(tmp_path)  # not the config's folder: its relative paths are still found
     r = cli("tune", "--config", config, "--out-dir", tmp_path / "out", "-q")
     assert r.code == 0, r.stderr
-    sid, video = r.stdout.split()
-    assert_video(Path(video), 4)
+    (sid,) = r.stdout.split()  # -q: only the id; the edit's video is in the edit log
+    (edit,) = artifact(empty_home, "from-yaml").edits()
+    assert_video(Path(edit["output"]), 4)
     m = artifact(empty_home, "from-yaml").manifest
     assert m["source"]["indices"] == [0, 3, 6, 9] and m["inversion"]["steps"] == 5 and len(m["loss"]) == 2
     assert m["base"]["sha256"] == hashlib.sha256((workdir / "tiny.safetensors").read_bytes()).hexdigest()

@@ -117,14 +117,15 @@ def test_commit_refuses_a_stage_outside_tmp_and_a_staged_manifest(store, tmp_pat
     assert snapshot(store) == ([], [])
 
 
-@pytest.mark.parametrize("bad", ["", "a b", "x" * 65, "a/b", "abcd", "deadbeef", "0123", "é"])
+@pytest.mark.parametrize("bad", ["", "a b", "x" * 65, "a/b", "abcd", "deadbeef", "0123", "é",
+                                 ".", "..", "-x", ".hidden", "ABCD", "DeadBeef"])  # flags, dot dirs, any-case ids
 def test_bad_names_are_refused(store, bad):
     with pytest.raises(BadInput):
         put(store, {"name": bad})
     assert snapshot(store) == ([], [])
 
 
-@pytest.mark.parametrize("good", ["abc", "ski-2", "ABCD", "deadbeefz", "v1.0_final", "x" * 64])
+@pytest.mark.parametrize("good", ["abc", "ski-2", "ABC", "deadbeefz", "v1.0_final", "_x", "x-", "x" * 64])
 def test_good_names_are_accepted(store, good):
     assert put(store, {"name": good}).name == good
     assert store.resolve(good).name == good

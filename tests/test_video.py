@@ -6,6 +6,7 @@ lossy, so colours read back from an mp4 are compared with a tolerance on flat re
 
 from __future__ import annotations
 
+import os
 import wave
 from fractions import Fraction
 from pathlib import Path
@@ -124,6 +125,7 @@ def test_uniform_sampling_is_linspace_and_strictly_increasing() -> None:
         (20, lambda: FrameSampling(0), ["frames", "0"]),
         (20, lambda: FrameSampling(2, start=-1), ["start", "-1"]),
         (20, lambda: FrameSampling(2, stride=0), ["stride", "0"]),
+        (1, lambda: FrameSampling(2), ["has 1 frame;", "--frames 1"]),  # not "1 frames"
     ],
 )
 def test_sample_indices_errors(total: int, sampling, words: list[str]) -> None:
@@ -177,6 +179,24 @@ def test_odd_sized_source_gives_contiguous_rgb(tmp_path: Path) -> None:
     assert_rgb_uint8(clip.frames, (3, 48, 88, 3))
     assert clip.source_size == (90, 50)
     assert_ramp(clip)
+
+
+@pytest.mark.parametrize("width", [16, 24, 48, 72])
+def test_narrow_clips_decord_refuses_are_read_through_pyav(tmp_path: Path, width: int) -> None:
+    # decord's get_batch fails on these widths (a from_size == to_size check); PyAV decodes them fully.
+    path = make_mp4(tmp_path / "narrow.mp4", ramp_frames(12, width=width, height=128))
+    with av.open(str(path)) as container:
+        every = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+    clip = read_video(path, FrameSampling(4), width=width, height=128)
+    assert clip.indices == (0, 4, 7, 11) and clip.source_size == (width, 128)
+    assert np.array_equal(clip.frames, every[list(clip.indices)])
+
+
+def test_a_pipe_is_refused_before_any_reader_opens_it(tmp_path: Path) -> None:
+    fifo = tmp_path / "clip.mp4"
+    os.mkfifo(fifo)
+    with pytest.raises(BadInput, match="not a regular file .* save it to a file first"):
+        read_video(fifo, FrameSampling(4), width=64, height=64)
 
 
 # --- resizing -------------------------------------------------------------------------------

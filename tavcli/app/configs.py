@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import yaml
 
-from tavcli.errors import BadInput, SettingError
+from tavcli.errors import BadInput, SettingError, counted
 from tavcli.settings import convert
 
 if TYPE_CHECKING:
@@ -278,7 +278,8 @@ def _tav(doc: _Doc) -> LoadedConfig:
         frames = tune_job.sampling.frames
         for job, options in zip(edit_jobs, edit_options):
             if job.settings.inversion and job.frames not in (None, frames):
-                raise BadInput(f"{options.where['frames']} {job.frames} differs from the {frames} tuned frames, but "
+                raise BadInput(f"{options.where['frames']} {job.frames} differs from the "
+                               f"{counted(frames, 'tuned frame')}, but "
                                f"inversion starts the edits from the clip's {frames}-frame inversion; "
                                "set inversion: false or drop frames")
 

@@ -196,9 +196,9 @@ def export_peft(artifact: Artifact, adapter: str, dest: Path, store: Store, forc
 # --- import ----------------------------------------------------------------------------------------------------
 
 
-def import_diffusers(folder: Path, store: Store) -> Artifact:
+def import_diffusers(folder: Path, store: Store, name: str | None = None) -> Artifact:
     """The artifact a `tav export --format diffusers` folder (either variant) was written from, back in the
-    store: its code must be what this tav writes, its files what its manifest hashes."""
+    store: its code must be what this tav writes, its files what its manifest hashes; `name` renames it."""
     folder = Path(folder)
     marker = folder / MARKER
     if not marker.is_file():
@@ -226,7 +226,7 @@ def import_diffusers(folder: Path, store: Store) -> Artifact:
             raise BadInput(f"{marker} names a file outside the folder ({there}); refusing it")
         files[rel] = path
     edits = [e for e in record.get("edits") or [] if isinstance(e, dict)]
-    return store.import_files(record.get("manifest"), files, edits, str(folder))
+    return store.import_files(record.get("manifest"), files, edits, str(folder), name=name)
 
 
 # --- the model card --------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import re
 import shutil
 import time
 import dataclasses
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from tavcli import __version__
 from tavcli.app import builtin, caches
+from tavcli.app.interrupts import held
 from tavcli.app.progress import Reporter, Stage
 from tavcli.app.manifest import (
     BaseIdentity,
@@ -39,7 +41,7 @@ from tavcli.app.manifest import (
 )
 from tavcli.app.store import Artifact, Store
 from tavcli.engine.runtime import Runtime
-from tavcli.errors import BadInput, Interrupted, SettingError
+from tavcli.errors import BadInput, Interrupted, SettingError, counted
 from tavcli.method.params import (
     DEFAULT_BASE,
     DEFAULT_CLIP,
@@ -63,6 +65,13 @@ class Format(Mode):
     MP4 = "mp4"
     GIF = "gif"
     PNG = "png"  # a folder of numbered frames
+
+    @property
+    def suffix(self) -> str:
+        return "" if self is Format.PNG else f".{self.value}"
+
+
+MAX_FPS = 240.0  # frames per second a player is asked to show; more is a typo (H.264 levels stop at 172)
 
 
 @dataclass(frozen=True)
@@ -137,12 +146,13 @@ class EditJob(Settings):
     reconstruct: bool = setting(False, "Render the inversion with the caption at guidance 1 (no prompts) and "
                                        "print its PSNR against the source: does the inversion hold?")
     settings: EditSettings = nested(EditSettings)
-    output: Path | None = setting(None, "Output path (one prompt only).")
+    output: Path | None = setting(None, "Output path (one prompt only); a .gif suffix means --format gif.")
     out_dir: Path = setting(Path("."), "Folder for outputs named after artifact and prompt.")
-    format: Format = setting(Format.MP4, "mp4, gif or png (a folder of frames).")
+    format: Format | None = setting(None, "mp4, gif, or png (a folder of numbered PNG frames).",
+                                    default_text="mp4, or -o's suffix")
     frames: int | None = setting(None, "Frames to generate (with --no-inversion).", min=1, default_text="the tuned count")
     grid: bool = setting(False, "Source and edit side by side.")
-    fps: float | None = setting(None, "Output frame rate.", positive=True,
+    fps: float | None = setting(None, "Output frame rate.", positive=True, max=MAX_FPS,
                                 default_text="the source clip's playback rate")
     adapter_scale: float = setting(1.0, "Scale of the tuned deltas: 0 the base model, 1 as tuned, in between "
                                         "(or beyond) scaled.")
@@ -155,6 +165,7 @@ class EditJob(Settings):
 
     def check(self) -> None:
         builtin.check(self.base)
+        self._check_output()
         if self.reconstruct:
             if self.prompts:
                 raise BadInput("--reconstruct renders the caption; give no prompts with it")
@@ -171,6 +182,31 @@ class EditJob(Settings):
             raise BadInput("-o names one file but several prompts were given; use --out-dir instead")
         if self.output is not None and len(self.settings.seeds) > 1:
             raise BadInput("-o names one file but --seeds asks for several videos; use --out-dir instead")
+
+    def _check_output(self) -> None:
+        if self.output is not None and self.output.suffix:
+            named = {f.suffix: f for f in Format if f.suffix}.get(self.output.suffix.lower())
+            if named is None:
+                raise BadInput(f"-o {self.output} has suffix {self.output.suffix!r}; use .mp4, .gif, or no suffix "
+                               "for a folder of PNG frames")
+            if self.format is not None and self.format is not named:
+                raise BadInput(f"-o {self.output} is a {named} but --format says {self.format}; drop one of them")
+
+    @property
+    def written_format(self) -> Format:
+        """What is written: --format, else -o's suffix, else mp4."""
+        if self.format is not None:
+            return self.format
+        if self.output is not None and self.output.suffix.lower() == ".gif":
+            return Format.GIF
+        return Format.MP4
+
+    def output_path(self, stem: str) -> Path:
+        """Where a video goes before a free name is taken: -o (with the format's suffix), or --out-dir/stem."""
+        suffix = self.written_format.suffix
+        if self.output is not None:
+            return self.output if self.output.suffix else self.output.with_suffix(suffix)
+        return self.out_dir / f"{stem}{suffix}"
 
 
 @dataclass(frozen=True)
@@ -242,43 +278,78 @@ def tune(job: TuneJob, store: Store, reporter: Reporter = Reporter(), run: Activ
          config: Path | None = None) -> Artifact:
     """Read the clip, tune, invert it once, and store adapter + inversion + source as one artifact.
 
+    Refused before any work: a store it cannot write, a name taken or reserved by another running tune (this
+    one reserves its name until it ends), a clip too big for the device's free memory.
+
     The tune is a run (`tavcli.app.runs`) until the artifact is committed: `run` continues a stopped one
     (`tav resume`), else a new one is started (of `config`, when the job came from one). SIGINT or SIGTERM
-    stops it at the next step with its state saved, raising Interrupted that names `tav resume RUN`.
+    stops it at the next step with its state saved, raising Interrupted that names `tav resume RUN`; once it is
+    tuned and inverted, nothing stops it: it is stored (the exit-code contract of docs/scripting.md).
     """
     from tavcli.app.runs import Runs, Stopped, stopping
     from tavcli.method.models import load_base
     from tavcli.method.pipeline import TuneAVideo
     from tavcli.method.video import read_video
 
+    store.check_writable()
     run = run or Runs(store).start(job, config)
     try:
-        store.check_name(job.name)
-        clip = read_video(job.video, job.sampling, job.size.width, job.size.height, job.size.resize)
-        if job.runtime.compile:
-            caches.use_compile_cache()
-        reporter.stage(Stage.LOADING, job.base)
-        base = load_base(builtin.locate(job.base), job.runtime.device, job.runtime.dtype, config=job.base_config)
-        tav = TuneAVideo.create(base, job.adapter)
-        saved = run.load_state()
-        if saved:
-            tav.load_weights(saved[0])
-        started = time.perf_counter()
-        with stopping() as stop:
-            hook = _Between(job, run, tav, clip, reporter, stop)
-            try:
-                artifact = _tune_invert_commit(job, store, reporter, run, tav, clip, base, hook, saved, started)
-            except Stopped:
-                if hook.loop is not None:
-                    run.data["seconds"] = round(time.perf_counter() - started + run.data.get("seconds", 0.0), 2)
-                    run.save_state(hook.loop, lambda folder: tav.save_adapter(folder, _fp32()))
-                raise Interrupted(f"interrupted at step {run.step} of {job.tuning.steps}; `tav resume {run.id}` "
-                                  "continues it") from None
+        with store.reserving(job.name):
+            check_fits(job)
+            clip = read_video(job.video, job.sampling, job.size.width, job.size.height, job.size.resize)
+            if job.runtime.compile:
+                caches.use_compile_cache()
+            reporter.stage(Stage.LOADING, job.base)
+            base = load_base(builtin.locate(job.base), job.runtime.device, job.runtime.dtype, config=job.base_config)
+            warn_if_truncated(base, job.prompt, reporter)
+            tav = TuneAVideo.create(base, job.adapter)
+            saved = run.load_state()
+            if saved:
+                tav.load_weights(saved[0])
+            started = time.perf_counter()
+            with stopping() as stop:
+                hook = _Between(job, run, tav, clip, reporter, stop)
+                try:
+                    artifact = _tune_invert_commit(job, store, reporter, run, tav, clip, base, hook, saved, started)
+                except Stopped:
+                    if hook.loop is not None:
+                        run.data["seconds"] = round(time.perf_counter() - started + run.data.get("seconds", 0.0), 2)
+                        run.save_state(hook.loop, lambda folder: tav.save_adapter(folder, _fp32()))
+                    raise Interrupted(f"interrupted at step {run.step} of {job.tuning.steps}; `tav resume {run.id}` "
+                                      "continues it") from None
     except BaseException:
         run.close()  # a run with a saved state stays, to resume from it
         raise
     run.finish(artifact.id)
     return artifact
+
+
+def check_fits(job: TuneJob) -> None:
+    """Refuse a tune whose estimated memory exceeds what the device has free, before anything is loaded."""
+    from tavcli.engine.runtime import free_memory_gib, resolve_device, resolve_dtype
+    from tavcli.method.tuning import estimate_gib
+
+    device = resolve_device(job.runtime.device)
+    fp32 = str(resolve_dtype(job.runtime.dtype, device)) == "torch.float32"
+    # On a GPU tuning checkpoints by itself when the clip would not fit: refuse only what would not fit even so.
+    low_memory = job.runtime.low_memory or device.type == "cuda"
+    need = estimate_gib(job.sampling.frames, job.size.width, job.size.height, low_memory, fp32, _unet_width(job.base))
+    free = free_memory_gib(device)
+    if free is not None and need > free:
+        fixes = ["a smaller --size", "fewer --frames"] + ([] if low_memory else ["--low-memory"])
+        raise BadInput(f"tuning {counted(job.sampling.frames, 'frame')} at {job.size.width}x{job.size.height} "
+                       f"needs about {need:.1f} GiB, but {device} has {free:.1f} GiB free; use "
+                       f"{', '.join(fixes[:-1])} or {fixes[-1]}")
+
+
+def _unet_width(base: str) -> int | None:
+    """The first UNet block's channels of a base, known without loading it (None: SD v1's)."""
+    from tavcli.method.models import unet_width
+    from tavcli.method.random_base import TINY_UNET
+
+    if builtin.is_random(base):
+        return TINY_UNET["block_out_channels"][0] if base == f"{builtin.PREFIX}tiny" else None
+    return unet_width(base)
 
 
 def _tune_invert_commit(job: TuneJob, store: Store, reporter: Reporter, run: ActiveRun, tav, clip, base, hook,
@@ -292,6 +363,7 @@ def _tune_invert_commit(job: TuneJob, store: Store, reporter: Reporter, run: Act
     reporter.stage(Stage.INVERTING, total=job.inversion.steps)
     noise = tav.invert(clip.frames, job.inversion.steps, callback=lambda i: (reporter.step(i), hook.stop.check()),
                        runtime=job.runtime)
+    hook.stop.saving = True  # tuned and inverted: from here a signal no longer stops it, the tune is stored
     seconds = round(time.perf_counter() - started + run.data.get("seconds", 0.0), 2)
     manifest = _tune_manifest(job, clip, recorded_base, base, seconds, losses, run)
     reporter.stage(Stage.SAVING)
@@ -431,13 +503,20 @@ def load_recorded_base(artifact: Artifact, name: str | None, config: str | None,
 
     recorded = Manifest.of(artifact).base
     base_name = name or recorded.name
+    if name is None and Path(base_name).is_absolute() and not Path(base_name).exists():
+        raise BadInput(f"the base {artifact.short_id} was tuned on, {base_name}, is not there any more (moved or "
+                       "deleted); pass --base NEWPATH where it is now")
     reporter.stage(Stage.LOADING, base_name)
     single_file = Path(base_name).suffix.lower() in (".safetensors", ".ckpt")
     base = load_base(builtin.locate(base_name), device, dtype,
                      config=config or (recorded.config if single_file else None))
     if not force and not same_base(identity(base), recorded):
-        raise BadInput(f"{base_name} is not the base {artifact.short_id} was tuned on ({recorded.name}); "
-                       "pass that base, or --force to use this one anyway")
+        what = "sha256" if recorded.sha256 is not None else "weights' fingerprint"
+        if name is None or os.path.abspath(Path(name).expanduser()) == recorded.name:
+            raise BadInput(f"{base_name} has changed since {artifact.short_id} was tuned on it (its {what} differs); "
+                           "pass --base NEWPATH to the weights it was tuned on, or --force to use these anyway")
+        raise BadInput(f"{base_name} is not the base {artifact.short_id} was tuned on ({recorded.name}, by its "
+                       f"{what}); pass --base with that base, or --force to use this one anyway")
     return base
 
 
@@ -450,8 +529,23 @@ def tuned_model(base, target, scale: float = 1.0):
                                    scale=scale)
 
 
+def warn_if_truncated(base, prompt: str, reporter: Reporter) -> None:
+    """Say so when CLIP will read only the start of a prompt (77 tokens, the rest is cut)."""
+    limit = base.tokenizer.model_max_length
+    tokens = len(base.tokenizer(prompt, truncation=False).input_ids)
+    if tokens > limit:
+        reporter.log(f"warning: the prompt {_shown(prompt)!r} is {tokens} tokens; CLIP reads the first {limit}")
+
+
+def _shown(prompt: str, limit: int = 60) -> str:
+    """A prompt as progress lines show it: one line, at most `limit` characters."""
+    line = " ".join(prompt.split())
+    return line if len(line) <= limit else line[:limit - 1] + "…"
+
+
 def _slug(text: str, limit: int = 48) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit].rstrip("-") or "edit"
+    """A file name from a prompt: its letters and digits in any script (`犬 running` -> `犬-running`)."""
+    return re.sub(r"[\W_]+", "-", text.lower()).strip("-")[:limit].rstrip("-") or "edit"
 
 
 def _reserve(path: Path) -> Path:
@@ -496,33 +590,59 @@ def check_edit(job: EditJob, target) -> None:
         raise BadInput(f"artifact {label} has no source clip to put beside the edit; drop --grid")
     tuned_frames = m.video.frames
     if job.frames is not None and job.frames != tuned_frames and job.settings.inversion:
-        raise BadInput(f"--frames {job.frames} needs --no-inversion: the inversion has {tuned_frames} frames "
-                       "(`tav invert --frames N` makes one of N)")
+        raise BadInput(f"--frames {job.frames} needs --no-inversion: the inversion has "
+                       f"{counted(tuned_frames, 'frame')} (`tav invert --frames N` makes one of N)")
     if job.grid and (job.frames not in (None, tuned_frames) or job.inversion_name is not None):
         raise BadInput(f"--grid puts the {tuned_frames}-frame source beside the edit; drop --grid, --frames or "
                        "--inversion")
 
 
-def edit(job: EditJob, store: Store, reporter: Reporter = Reporter()) -> list[EditResult]:
+def check_outputs(job: EditJob) -> None:
+    """Refuse, before any work, a place the videos cannot go: a file in the way, a folder not writable (the
+    folder itself is made when the first video is written)."""
+    flag, folder = ("-o", job.output.parent) if job.output is not None else ("--out-dir", job.out_dir)
+    given = job.output if job.output is not None else job.out_dir
+    if job.output is not None and job.output.is_dir() and job.written_format is not Format.PNG:
+        raise BadInput(f"-o {job.output} is a folder; use --out-dir {job.output} to write into it, or -o "
+                       f"{job.output / ('NAME' + job.written_format.suffix)}")
+    existing = next(p for p in (folder, *folder.parents) if p.exists() or p == Path(p.anchor))
+    if not existing.is_dir():
+        raise BadInput(f"{flag} {given}: {existing} is a file, not a folder; choose another {flag}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise BadInput(f"{flag} {given}: {existing} is not writable; choose another {flag}")
+
+
+def edit(job: EditJob, store: Store, reporter: Reporter = Reporter(),
+         on_result: Callable[[EditResult], None] | None = None) -> list[EditResult]:
     """Generate one video per prompt and seed with a stored artifact (at a kept step); returns what was
     written. An edit of strength < 1 first inverts the inversion's source frames part of the way, once for all
-    prompts, on the edit's own schedule (docs/method.md)."""
+    prompts, on the edit's own schedule (docs/method.md).
+
+    A video is kept once its record is in the artifact's edit log; `on_result` hears of it in the same
+    breath (no signal between), so a caller can print each path as soon as it is written. An interrupted or
+    failed video is removed: what is on disk is what the log holds."""
     import numpy as np
 
     from tavcli.app import inversions, refs
+    from tavcli.engine.runtime import resolve_device
     from tavcli.method.metrics import psnr
     from tavcli.method.video import read_video
 
     target = refs.resolve(store, job.ref)
     artifact, m = target.artifact, target.manifest
     store.verify(artifact)
+    store.check_writable()
     check_edit(job, target)
     # a wrong inversion name fails before anything loads
     named = inversions.find(store, target, job.inversion_name) if job.inversion_name is not None else None
+    resolve_device(job.runtime.device)  # a bad --device is refused before anything is made or loaded
+    check_outputs(job)
     if job.runtime.compile:
         caches.use_compile_cache()
     base = load_recorded_base(artifact, job.base, job.base_config, job.force, job.runtime.device, job.runtime.dtype,
                               reporter)
+    for prompt in job.prompts:
+        warn_if_truncated(base, prompt, reporter)
     tav = tuned_model(base, target, job.adapter_scale)
     scorer = _scorer(job.clip, base.device) if job.score else None
     s = job.settings
@@ -542,10 +662,10 @@ def edit(job: EditJob, store: Store, reporter: Reporter = Reporter()) -> list[Ed
                         m.video.width, m.video.height).frames if job.grid else None
     reference = _reference_frames(target, inversion) if job.reconstruct else None
     fps = job.fps or m.video.fps
-    results = []
+    results: list[EditResult] = []
     for prompt in prompts:
         started = time.perf_counter()
-        reporter.stage(Stage.EDITING, prompt, settings.partial_steps())
+        reporter.stage(Stage.EDITING, _shown(prompt), settings.partial_steps())
         videos = tav.generate([prompt], settings, noise=noise, frames=frames, height=m.video.height,
                               width=m.video.width, callback=reporter.step, runtime=job.runtime)
         seconds = round((time.perf_counter() - started) / len(videos), 2)  # a batch of seeds shares the time
@@ -556,30 +676,34 @@ def edit(job: EditJob, store: Store, reporter: Reporter = Reporter()) -> list[Ed
                 video = np.concatenate([source, video], axis=2)  # source left, edit right
             what = "reconstruction" if job.reconstruct else prompt
             path = _output_path(job, target, what + (f" seed{seed}" if settings.seeds else ""))
+            kept = False
             try:
                 _write(path, video, fps)
-            except BaseException:  # an interrupted or failed write leaves no empty placeholder behind
-                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-                raise
-            store.append_edit(artifact, EditRecord(
-                prompt=prompt, created=datetime.now(timezone.utc).isoformat(timespec="seconds"), steps=settings.steps,
-                guidance=settings.guidance, seed=seed, inversion=settings.inversion,
-                negative_prompt=settings.negative_prompt, frames=frames, grid=job.grid, format=str(job.format),
-                compile=job.runtime.compile, output=str(path.resolve()), seconds=seconds, scores=scores,
-                step=None if target.final else target.step, inversion_name=inversion.name if inversion else None,
-                psnr=round(fidelity, 3) if fidelity is not None and math.isfinite(fidelity) else None,
-                strength=settings.strength, eta=settings.eta, scheduler=str(settings.scheduler),
-                adapter_scale=job.adapter_scale, fps=fps).to_json())
-            results.append(EditResult(path, prompt, scores, fidelity, seed))
+                record = EditRecord(
+                    prompt=prompt, created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    steps=settings.steps, guidance=settings.guidance, seed=seed, inversion=settings.inversion,
+                    negative_prompt=settings.negative_prompt, frames=frames, grid=job.grid,
+                    format=str(job.written_format), compile=job.runtime.compile, output=str(path.resolve()),
+                    seconds=seconds, scores=scores, step=None if target.final else target.step,
+                    inversion_name=inversion.name if inversion else None,
+                    psnr=round(fidelity, 3) if fidelity is not None and math.isfinite(fidelity) else None,
+                    strength=settings.strength, eta=settings.eta, scheduler=str(settings.scheduler),
+                    adapter_scale=job.adapter_scale, fps=fps).to_json()
+                with held():  # recorded, returned and reported together: an interrupt comes before or after all
+                    store.append_edit(artifact, record)
+                    kept = True
+                    results.append(EditResult(path, prompt, scores, fidelity, seed))
+                    if on_result is not None:
+                        on_result(results[-1])
+            finally:  # an interrupted or failed video leaves nothing behind, not even its reserved name
+                if not kept:
+                    shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
     return results
 
 
 def _output_path(job: EditJob, target, what: str) -> Path:
     """`-o`, or a free name in --out-dir after the artifact (and step) and the prompt."""
-    suffix = "" if job.format == "png" else f".{job.format}"
-    output = job.output.with_suffix(suffix) if job.output and not job.output.suffix else job.output
-    stem = target.label.replace("@", "-at-")
-    return _reserve(output or job.out_dir / f"{stem}-{_slug(what)}{suffix}")
+    return _reserve(job.output_path(f"{target.label.replace('@', '-at-')}-{_slug(what)}"))
 
 
 def _reference_frames(target, inversion) -> np.ndarray:
@@ -619,12 +743,18 @@ def _scorer(name: str, device):
     return Scorer.load(name, device)
 
 
-def _all_frames(path: Path) -> np.ndarray:
-    """Every frame of a video, at CLIP's input size (its own resize and centre crop, done once here)."""
-    from tavcli.method.video import read_video
+def _all_frames(path: Path, edit_half: bool = False) -> np.ndarray:
+    """Every frame of a video, at CLIP's input size (its own resize and centre crop, done once here); of a
+    `--grid` edit, only its right half, the edit (the left half is the source)."""
+    from tavcli.method.video import read_video, resize_frames
 
-    total = read_video(path, FrameSampling(frames=1), 224, 224).source_frames
-    return read_video(path, FrameSampling(frames=total), 224, 224).frames
+    if not edit_half:
+        total = read_video(path, FrameSampling(frames=1), 224, 224).source_frames
+        return read_video(path, FrameSampling(frames=total), 224, 224).frames
+    first = read_video(path, FrameSampling(frames=1), 8, 8)
+    width, height = first.source_size
+    frames = read_video(path, FrameSampling(frames=first.source_frames), width, height).frames
+    return resize_frames(frames[:, :, width // 2:], 224, 224)
 
 
 def score(job: ScoreJob, store: Store, reporter: Reporter = Reporter()) -> list[dict]:
@@ -635,21 +765,34 @@ def score(job: ScoreJob, store: Store, reporter: Reporter = Reporter()) -> list[
     if path.exists():
         if not (job.prompt or "").strip():
             raise BadInput("scoring a video needs --prompt TEXT, the prompt it should match")
-        targets = [(path, job.prompt)]
+        targets = [(path, job.prompt, False)]
+    elif _looks_like_a_path(job.target):
+        raise BadInput(f"{job.target} not found; give a video file, or an artifact ref to score its edits")
     else:
         from tavcli.app import refs
 
         target = refs.resolve(store, job.target)  # REF@STEP: the edits made with that checkpoint
         artifact, step = target.artifact, None if target.final else target.step
-        targets = [(Path(e.output), job.prompt or e.prompt) for e in edits_of(artifact)
-                   if e.step == step and e.output is not None and Path(e.output).exists()]
+        edits = [e for e in edits_of(artifact) if e.step == step]
+        targets = [(Path(e.output), job.prompt or e.prompt, e.grid) for e in edits
+                   if e.output is not None and Path(e.output).exists()]
         if not targets:
             raise BadInput(f"{artifact.short_id} has no edit videos on disk to score; run `tav edit` first, "
                            "or give a video file")
+        if len(targets) < len(edits):
+            reporter.log(f"warning: {len(edits) - len(targets)} of {artifact.short_id}'s {len(edits)} edit videos "
+                         "are gone from disk or came from another machine; scoring the others")
     reporter.stage(Stage.LOADING, job.clip)
     scorer = _scorer(job.clip, resolve_device(job.device))
     rows = []
-    for video, prompt in targets:
+    for video, prompt, grid in targets:
         reporter.stage(Stage.SCORING, str(video))
-        rows.append({"video": str(video), "prompt": prompt, **scorer.score(_all_frames(video), prompt)})
+        frames = _all_frames(video, edit_half=grid)
+        rows.append({"video": str(video), "prompt": prompt, **scorer.score(frames, prompt)})
     return rows
+
+
+def _looks_like_a_path(target: str) -> bool:
+    """A name with a folder or a video's suffix in it is a file the user meant, never an artifact ref."""
+    return "/" in target or os.sep in target or Path(target).suffix.lower() in (".mp4", ".gif", ".png", ".mov",
+                                                                                 ".webm", ".mkv", ".avi")

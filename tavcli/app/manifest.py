@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tavcli.app.store import Schema, Store
+from tavcli.app.store import Artifact, Schema, Store
 from tavcli.errors import SettingError
 from tavcli.method.params import AdapterSpec, TuneSettings
 from tavcli.settings import Mode, Settings, convert
@@ -394,6 +394,7 @@ STORE_SCHEMA = Schema(version=SCHEMA, read=Manifest.from_json, read_edit=EditRec
                       imported_edit=_imported_edit)
 
 
-def open_store(root: Path | None = None) -> Store:
-    """The artifact store at `root` (default: $TAV_HOME or the user data folder), reading tav's manifests."""
-    return Store(root, STORE_SCHEMA)
+def open_store(root: Path | None = None, on_commit: Callable[[Artifact], None] | None = None) -> Store:
+    """The artifact store at `root` (default: $TAV_HOME or the user data folder), reading tav's manifests;
+    `on_commit` as `Store` takes it."""
+    return Store(root, STORE_SCHEMA, on_commit=on_commit)

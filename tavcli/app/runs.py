@@ -378,6 +378,7 @@ class Stopped(Exception):
 class Stop:
     def __init__(self) -> None:
         self.signal: str | None = None
+        self.saving = False  # tuned and inverted: the tune is being stored, and finishes whatever arrives
 
     def check(self) -> None:
         if self.signal:
@@ -387,13 +388,16 @@ class Stop:
 @contextlib.contextmanager
 def stopping() -> Iterator[Stop]:
     """While tuning, SIGINT and SIGTERM ask for a stop (`Stop.check` raises `Stopped` at the next safe
-    point) rather than breaking off mid-step; a second one interrupts at once (KeyboardInterrupt)."""
+    point) rather than breaking off mid-step; a second one interrupts at once (KeyboardInterrupt). Once
+    `Stop.saving` is set, they are ignored: the tune is stored."""
     stop = Stop()
     if threading.current_thread() is not threading.main_thread():
         yield stop
         return
 
     def handler(signum, frame):
+        if stop.saving:
+            return
         if stop.signal:
             raise KeyboardInterrupt
         stop.signal = signal.Signals(signum).name

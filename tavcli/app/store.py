@@ -11,8 +11,11 @@ stored once, and an export cannot be altered unnoticed. Layout under `root`:
     artifacts/<id>/added/<name>/   files kept with an artifact after it was stored (a later inversion), each
     artifacts/<id>/added.jsonl     set recorded with its files' hashes; derived data, not exported
     tmp/                           staging and removal dirs; those over an hour old and unlocked go at open
-    locks/                         one lock per artifact, for its edit log
+    locks/                         one lock per artifact, for its edit log; one per name a running tune reserved
     store.lock                     held while artifacts/ changes, and only for the rename
+
+A store that is not writable (a read-only copy, another user's) still lists, shows and exports; commands
+that write to it are refused before they start, naming the folder.
 """
 
 from __future__ import annotations
@@ -27,22 +30,25 @@ import tempfile
 import time
 import zipfile
 import zlib
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import platformdirs
 from filelock import FileLock, Timeout
 
+from tavcli.app.interrupts import held
 from tavcli.errors import BadInput, Corrupt, NotFound
 
 SCHEMA = 1  # the version an untyped store writes; tav's own manifests say theirs (tavcli.app.manifest)
 STALE_SECONDS = 3600  # a staging dir this old, and not locked by a live process, is a crash's leftover
 LOCK_TIMEOUT = 60.0  # seconds; locks are held for renames and appends only, never while hashing or copying
-_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}")  # not '-x' (read as a flag), '.' or '..'
 _HEX = re.compile(r"[0-9a-f]+")
+_ANY_CASE_HEX = re.compile(r"[0-9a-fA-F]+")
 _ID = re.compile(r"[0-9a-f]{64}")
 _DRIVE = re.compile(r"[A-Za-z]:")
 _RESERVED = ("manifest.json", "edits.jsonl", "added.jsonl")  # the store's own files in an artifact dir
@@ -91,6 +97,14 @@ def default_root() -> Path:
     return Path(env).expanduser() if env else Path(platformdirs.user_data_dir("tav"))
 
 
+def _named(root: Path) -> str:
+    """The store's folder as a message names it: by TAV_HOME when that is where it came from."""
+    env = os.environ.get("TAV_HOME")
+    if env and Path(env).expanduser() == root:
+        return f"the store TAV_HOME={env}"
+    return f"the store {root} (TAV_HOME picks another)"
+
+
 @dataclass(frozen=True)
 class Artifact:
     id: str
@@ -130,16 +144,43 @@ class Artifact:
 
 
 class Store:
-    def __init__(self, root: Path | None = None, schema: Schema = Schema()) -> None:
+    def __init__(self, root: Path | None = None, schema: Schema = Schema(),
+                 on_commit: Callable[[Artifact], None] | None = None) -> None:
+        """The store at `root` (default: $TAV_HOME, else the platform's user data folder). `on_commit` is
+        called with each artifact this store commits, in the same breath as its rename (no signal between):
+        the CLI uses it to know that, from then on, the command has a result."""
         self.root = Path(root) if root is not None else default_root()
         self.schema = schema
+        self.on_commit = on_commit
         self._artifacts, self._tmp = self.root / "artifacts", self.root / "tmp"
+        self._names: dict[str, FileLock] = {}  # names this store reserved for a running tune
+        if self.root.exists() and not self.root.is_dir():
+            raise BadInput(f"{_named(self.root)} is a file, not a folder; point TAV_HOME at a folder")
+        self._unwritable = self._prepare()
+        if self._unwritable is None:
+            self._clean_tmp()
+
+    def _prepare(self) -> str | None:
+        """Make the store's folders; why they cannot be written, or None when they can."""
+        try:
+            for sub in ("artifacts", "tmp", "locks"):
+                (self.root / sub).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            return e.strerror or type(e).__name__
         for sub in ("artifacts", "tmp", "locks"):
-            (self.root / sub).mkdir(parents=True, exist_ok=True)
-        self._clean_tmp()
+            if not os.access(self.root / sub, os.W_OK | os.X_OK):
+                return f"{sub}/ is read-only"
+        return None
+
+    def check_writable(self) -> None:
+        """Refuse, before any work, a command that would write to a store it cannot write."""
+        if self._unwritable is not None:
+            raise BadInput(f"{_named(self.root)} is not writable ({self._unwritable}); fix its permissions "
+                           "or point TAV_HOME at a folder you can write")
 
     @contextmanager
     def staging(self) -> Iterator[Path]:
+        self.check_writable()
         stage = Path(tempfile.mkdtemp(prefix="stage-", dir=self._tmp))
         # Held for the stage's whole life, so another process's clean-up spares it however long a job runs.
         lock = FileLock(f"{stage}.lock", timeout=0)
@@ -185,6 +226,8 @@ class Store:
                 existing = self._load(dest)
                 self._merge_edits(existing, stage / "edits.jsonl")
                 _rm(stage)
+                if self.on_commit is not None:
+                    self.on_commit(existing)
                 return existing
             self.check_name(full.get("name"), besides=replaces)
             with open(stage / "manifest.json", "w", encoding="utf-8") as f:
@@ -192,12 +235,16 @@ class Store:
                 f.flush()
                 os.fsync(f.fileno())
             _fsync(stage)
-            os.rename(stage, dest)
-            trash = self._discard(self._artifacts / replaces.id) if replaces is not None else None
+            artifact = Artifact(full["id"], dest, full, record)
+            with held():  # the rename and telling the caller are one step for a signal: stored means reported
+                os.rename(stage, dest)
+                trash = self._discard(self._artifacts / replaces.id) if replaces is not None else None
+                if self.on_commit is not None:
+                    self.on_commit(artifact)
             _fsync(self._artifacts)
         if trash is not None:
             _rm(trash)
-        return Artifact(full["id"], dest, full, record)
+        return artifact
 
     def rewrite(self, artifact: Artifact, manifest: dict, keep: Callable[[str], bool]) -> Artifact:
         """`artifact` again, with `manifest` and only the files (and added files) for which `keep(rel)`
@@ -221,13 +268,47 @@ class Store:
             return self.commit(stage, manifest, replaces=artifact)
 
     def check_name(self, name: str | None, besides: Artifact | None = None) -> None:
-        """Refuse an invalid or taken name (by another artifact than `besides`); jobs call it before their
-        work, commit again under the lock."""
+        """Refuse an invalid or taken name (by another artifact than `besides`), or one another running tune
+        reserved; jobs call it before their work, commit again under the lock."""
         _check_name(name)
-        for other in self.list() if name is not None else []:
+        if name is None:
+            return
+        for other in self.list():
             if other.name == name and (besides is None or other.id != besides.id):
                 raise BadInput(f"name '{name}' is taken by {other.short_id}; "
                                  f"choose another --name or `tav rm {name}`")
+        if name not in self._names and self._unwritable is None:
+            try:
+                with self._name_lock(name):
+                    pass
+            except Timeout:
+                raise BadInput(f"name '{name}' is reserved by a tav tune running now; choose another --name, "
+                               "or wait for that one to finish") from None
+
+    @contextmanager
+    def reserving(self, name: str | None) -> Iterator[None]:
+        """Hold `name` for a job's whole run, so a second job with the same name stops at its start rather than
+        after all its work; released when the job ends, however (the OS drops the lock of a killed process)."""
+        if name is None:
+            yield
+            return
+        self.check_writable()
+        self.check_name(name)
+        lock = self._name_lock(name)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise BadInput(f"name '{name}' is reserved by a tav tune running now; choose another --name, "
+                           "or wait for that one to finish") from None
+        self._names[name] = lock
+        try:
+            yield
+        finally:
+            del self._names[name]
+            lock.release()
+
+    def _name_lock(self, name: str) -> FileLock:
+        return FileLock(self.root / "locks" / f"name-{name}.lock", timeout=0)
 
     def list(self) -> list[Artifact]:
         return self._scan_artifacts()[0]
@@ -238,7 +319,7 @@ class Store:
 
     def _scan_artifacts(self) -> tuple[list[Artifact], list[Damaged]]:
         found, damaged = [], []
-        for path in self._artifacts.iterdir():
+        for path in self._artifacts.iterdir() if self._artifacts.is_dir() else ():
             if _ID.fullmatch(path.name):
                 try:
                     found.append(self._load(path))
@@ -250,6 +331,8 @@ class Store:
         """The artifact `ref` names: a full id, a unique id prefix (4+ characters) or a name. A damaged one
         raises Corrupt saying so, or, with `damaged`, is returned as a `Damaged` (for `tav rm`)."""
         arts, broken = self._scan_artifacts()
+        if len(ref) >= 4 and _ANY_CASE_HEX.fullmatch(ref):
+            ref = ref.lower()  # an id copied in upper case is still that id; no name looks like one
         exact = [a for a in arts if a.id == ref]
         if exact:
             return exact[0]
@@ -289,6 +372,7 @@ class Store:
             line = _edit_line(record)
         except (TypeError, ValueError) as e:
             raise BadInput(f"edit record is not JSON ({e}); pass only str, numbers, bools, lists, dicts") from None
+        self.check_writable()
         with self._locked(self.root / "locks" / f"{artifact.id}.lock"):
             self._append(self._artifacts / artifact.id / "edits.jsonl", line)
 
@@ -334,6 +418,7 @@ class Store:
         return path
 
     def remove(self, artifact: Artifact | Damaged) -> None:
+        self.check_writable()
         with self._locked(self.root / "store.lock"):
             path = self._artifacts / artifact.id
             if not path.is_dir():
@@ -354,8 +439,11 @@ class Store:
         self.verify(artifact)
         path = self._artifacts / artifact.id
         manifest = (path / "manifest.json").read_bytes()  # the verified one, not the caller's copy
-        with self._locked(self.root / "locks" / f"{artifact.id}.lock"):  # a consistent snapshot of the log
-            log = path / "edits.jsonl"
+        # A consistent snapshot of the log; a store we cannot write has no writer of ours to wait for, and a
+        # line torn by another's append is dropped on import.
+        log = path / "edits.jsonl"
+        with (self._locked(self.root / "locks" / f"{artifact.id}.lock") if self._unwritable is None
+              else nullcontext()):
             edits = log.read_bytes() if log.is_file() else None
         part = dest.parent / f".{dest.name}.{secrets.token_hex(4)}.part"
         try:
@@ -394,15 +482,20 @@ class Store:
         with replacing_folder(dest) as part:
             yield part
 
-    def import_files(self, manifest: dict, files: dict[str, Path], edits: list[dict], where: str) -> Artifact:
+    def import_files(self, manifest: dict, files: dict[str, Path], edits: list[dict], where: str,
+                     name: str | None = None) -> Artifact:
         """An artifact from loose files (a folder `tav export` wrote): `files` maps each of the manifest's
         relpaths to a file, whose size and sha256 must be the manifest's, as the manifest's must be its id.
-        `where` names the source in errors. Nothing reaches the store unless all of it checks out."""
+        `where` names the source in errors; `name` renames it (a new id). Nothing reaches the store unless
+        all of it checks out."""
         def bad(why: str) -> BadInput:
             return BadInput(f"{where} is not a tav export: {why}")
 
+        _check_name(name)
         _check_manifest(manifest, bad, where, self.schema)
         _check_content(manifest, bad, where, self.schema)
+        if name is not None:
+            manifest = {**manifest, "name": name}
         if set(files) != set(manifest["files"]):
             raise bad(f"it lacks {sorted(set(manifest['files']) - set(files))[:1] or 'nothing'} or has "
                       f"{sorted(set(files) - set(manifest['files']))[:1] or 'nothing'} beyond its manifest")
@@ -422,8 +515,10 @@ class Store:
                 (stage / "edits.jsonl").write_bytes(self._imported_edits(b"".join(_edit_line(e) for e in edits)))
             return self.commit(stage, manifest)
 
-    def import_file(self, src: Path) -> Artifact:
+    def import_file(self, src: Path, name: str | None = None) -> Artifact:
+        """Bring an export in (hashes verified); `name` renames it (a new name is new content: a new id)."""
         src = Path(src)
+        _check_name(name)
         if not src.is_file():
             raise BadInput(f"{src} not found; give the path of a .tav file made by `tav export`")
         try:
@@ -433,6 +528,8 @@ class Store:
         try:
             with zf:
                 manifest, members = _read_export(zf, src, self.schema)
+                if name is not None:
+                    manifest = {**manifest, "name": name}
                 with self.staging() as stage:
                     for rel, meta in manifest["files"].items():
                         _extract(zf, members[f"files/{rel}"], stage, rel, meta, src)
@@ -441,6 +538,9 @@ class Store:
                     return self.commit(stage, manifest)
         except (zipfile.BadZipFile, zlib.error, EOFError) as e:
             raise Corrupt(f"{src} is damaged ({e}); export it again") from None
+        except OSError as e:  # what the checks above did not foresee: still one line, the store as it was
+            raise BadInput(f"{src} could not be imported ({e.strerror or e}); give a .tav file made by `tav "
+                           "export`") from None
 
     def info(self) -> dict:
         arts, damaged = self._scan_artifacts()
@@ -559,8 +659,9 @@ def _check_name(name: object) -> None:
     if name is None:
         return
     if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise BadInput(f"invalid name {name!r}; use 1-64 letters, digits, '.', '_' or '-'")
-    if len(name) >= 4 and _HEX.fullmatch(name):  # it would read as an id prefix in `tav` commands
+        raise BadInput(f"invalid name {name!r}; use 1-64 letters, digits, '.', '_' or '-', starting with a letter, "
+                       "digit or '_'")
+    if len(name) >= 4 and _ANY_CASE_HEX.fullmatch(name):  # it would read as an id prefix in `tav` commands
         raise BadInput(f"name '{name}' looks like an artifact id; add a letter outside a-f, e.g. 'v-{name}'")
 
 
@@ -699,6 +800,9 @@ def _check_manifest(manifest: object, bad: Callable[[str], BadInput], src: objec
             raise bad(f"its manifest names an unsafe file '{rel}'")
         if not isinstance(meta, dict) or not isinstance(meta.get("sha256"), str) or type(meta.get("bytes")) is not int:
             raise bad(f"its manifest entry for '{rel}' is malformed")
+    problem = _unstorable(files)
+    if problem:
+        raise bad(problem)
 
 
 def _check_content(manifest: dict, bad: Callable[[str], BadInput], src: object, schema: Schema) -> None:
@@ -762,6 +866,21 @@ def replacing_folder(dest: Path) -> Iterator[Path]:
         raise
     _rm(old)
     _fsync(dest.parent)
+
+
+_NAME_MAX = 255  # bytes of one path component on the usual filesystems
+
+
+def _unstorable(files: dict) -> str | None:
+    """Why a set of relative paths cannot be written as files, or None: a name too long, a file that is also
+    a folder of another (the OS would refuse either midway)."""
+    for rel in files:
+        long = next((p for p in rel.split("/") if len(p.encode()) > _NAME_MAX), None)
+        if long is not None:
+            return f"member name '{long[:40]}...' is {len(long.encode())} bytes, over {_NAME_MAX}"
+    folders = {"/".join(rel.split("/")[:i]) for rel in files for i in range(1, rel.count("/") + 1)}
+    clash = sorted(folders & set(files))
+    return f"'{clash[0]}' is both a file and a folder in it" if clash else None
 
 
 def _extract(zf: zipfile.ZipFile, info: zipfile.ZipInfo, stage: Path, rel: str, meta: dict, src: Path) -> None:

@@ -110,6 +110,20 @@ def resolve_device(device: str = "auto") -> torch.device:
     return dev
 
 
+def free_memory_gib(device: torch.device) -> float | None:
+    """GiB free for a job on `device`: the GPU's free memory, or the host's available memory; None if unknown."""
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0] / 2**30
+    try:
+        with open("/proc/meminfo") as f:  # MemAvailable counts the page cache the kernel would give up
+            fields = dict(line.split(":", 1) for line in f)
+        return int(fields["MemAvailable"].split()[0]) / 2**20
+    except (OSError, KeyError, ValueError):
+        return None
+
+
 def resolve_dtype(dtype: str | Dtype, device: torch.device) -> torch.dtype:
     import torch
 

@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tavcli.app import jobs
-from tavcli.app.progress import Reporter, Stage
 from tavcli.app.manifest import open_store
+from tavcli.app.progress import Reporter, Stage
 from tavcli.app.store import Artifact, Store
 from tavcli.engine.runtime import AttentionKernel
 from tavcli.settings import Settings, setting
@@ -22,15 +22,25 @@ from tavcli.settings import Settings, setting
 _WARMUP = 3  # tuning steps left out of the median: allocator, cuDNN autotuning, lazy inits
 
 
+# The sizes timed unless given: SD v1's own (the paper's clip), or small ones for the tiny smoke test.
+FULL = {"frames": 8, "size": 512, "steps": 30, "edit_steps": 50, "inversion_steps": 50}
+TINY = {"frames": 4, "size": 64, "steps": 6, "edit_steps": 4, "inversion_steps": 4}
+
+
+def _default(key: str) -> str:
+    return f"{FULL[key]}; {TINY[key]} with --tiny"
+
+
 @dataclass(frozen=True)
 class BenchSettings(Settings):
-    frames: int = setting(8, "Frames of the synthetic clip.", min=1)
-    size: int = setting(512, "Its width and height.", min=8, multiple_of=8)
-    steps: int = setting(30, "Tuning steps to time.", min=1)
-    edit_steps: int = setting(50, "DDIM steps of each edit.", min=1)
-    inversion_steps: int = setting(50, "DDIM steps of the inversion.", min=1)
+    frames: int | None = setting(None, "Frames of the synthetic clip.", min=1, default_text=_default("frames"))
+    size: int | None = setting(None, "Its width and height.", min=8, multiple_of=8, default_text=_default("size"))
+    steps: int | None = setting(None, "Tuning steps to time.", min=1, default_text=_default("steps"))
+    edit_steps: int | None = setting(None, "DDIM steps of each edit.", min=1, default_text=_default("edit_steps"))
+    inversion_steps: int | None = setting(None, "DDIM steps of the inversion.", min=1,
+                                          default_text=_default("inversion_steps"))
     device: str = setting("auto", "auto, cpu, cuda or cuda:N.", nonempty=True)
-    tiny: bool = setting(False, "A tiny random architecture: a quick CPU smoke test.")
+    tiny: bool = setting(False, "A tiny random architecture, small sizes and few steps: a quick CPU smoke test.")
     low_memory: bool = setting(False, "Time `tav tune --low-memory`.")
     compile: bool = setting(False, "Time `tav tune --compile` and `tav edit --compile`.")
     attention_kernel: AttentionKernel = setting(AttentionKernel.AUTO, "Time `tav tune` and `tav edit` with "
@@ -41,6 +51,12 @@ class BenchSettings(Settings):
     preview: bool = setting(True, "Also time one preview (`tav tune --preview`: the clip inverted with the model "
                                   "of that step, then sampled; --edit-steps steps each).")
     edit_strength: float = setting(0.5, "Also time one `tav edit --strength S` (1: not).", positive=True, max=1)
+
+    def __post_init__(self) -> None:
+        for key, value in (TINY if self.tiny else FULL).items():  # what was not given, by the kind of run
+            if getattr(self, key) is None:
+                object.__setattr__(self, key, value)
+        super().__post_init__()
 
 
 class _Clock(Reporter):

@@ -10,7 +10,9 @@ import functools
 import json
 import math
 import os
+import signal
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -20,18 +22,19 @@ from rich.table import Table
 
 from tavcli import __version__
 from tavcli.app import builtin
+from tavcli.app.interrupts import HELD
 from tavcli.app.jobs import EditJob, ScoreJob, TuneJob
 from tavcli.app.manifest import Manifest, edits_of
 from tavcli.app.progress import Stage
 from tavcli.engine.runtime import Runtime
-from tavcli.errors import EXIT_FAILURE, EXIT_INTERRUPTED, BadInput, Interrupted, TavError, exit_code
+from tavcli.errors import EXIT_FAILURE, EXIT_INTERRUPTED, BadInput, Interrupted, TavError, counted, exit_code
 from tavcli.faces.bench import BenchSettings
 from tavcli.settings import options
 
 app = typer.Typer(
     name="tav",
     help="Tune-A-Video: turn one clip and its caption into a text-to-video model, then edit the clip.",
-    no_args_is_help=True,
+    invoke_without_command=True,  # bare `tav`: the help, exit 0 (click's no_args_is_help exits 2)
     add_completion=False,
     pretty_exceptions_enable=False,
 )
@@ -100,17 +103,70 @@ def _first_line(e: BaseException) -> str:
     return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
+class _Signals:
+    """What SIGINT and SIGTERM mean to a command: before its result exists, stop (exit 130, the store as it
+    was); once it exists (an artifact committed), nothing more: tav prints it and exits 0. From the end of a
+    command to the process's exit they are ignored too, so that no library's exit hook (torch's
+    `dump_compile_times`) is cut short with a traceback.
+
+    `kept` lists what an interrupted command had already made, for the message it ends with."""
+
+    def __init__(self) -> None:
+        self.finishing = False
+        self.whole_process = False  # `tav` itself, not the app called in-process (tests)
+        self.kept: list[str] = []
+        self._previous: dict = {}
+
+    def __call__(self, signum: int, frame) -> None:
+        if not self.finishing:
+            raise KeyboardInterrupt
+
+    def start(self) -> None:
+        self.finishing, self.kept = False, []
+        self._previous = {s: signal.getsignal(s) for s in HELD}
+        for s in HELD:
+            signal.signal(s, self)
+
+    def finish(self) -> None:
+        self.finishing = True
+        for s in HELD:  # `tav` ignores them to its end: Python's finalization would reset a handler to the default
+            restored = signal.SIG_IGN if self.whole_process else self._previous.get(s)  # in-process: the caller's
+            signal.signal(s, restored if restored is not None else signal.SIG_DFL)
+
+    def committed(self, artifact) -> None:
+        """The store's `on_commit`: the command has its result."""
+        self.finishing = True
+
+    def interrupted(self) -> str:
+        if not self.kept:
+            return "tav: interrupted; the store is as it was"
+        return (f"tav: interrupted; kept {counted(len(self.kept), 'video')}, written and "
+                f"recorded in the edit log: {', '.join(self.kept)}; the other prompts were not run")
+
+
+_SIGNALS = _Signals()
+_PACKAGE = Path(__file__).resolve().parents[1]  # tavcli/
+
+
+def run() -> None:
+    """The `tav` program."""
+    _SIGNALS.whole_process = True
+    app(prog_name="tav")
+
+
 def _errors(fn):
     """One line on stderr and a meaningful exit code instead of a traceback (TAV_DEBUG=1 shows it)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        _SIGNALS.start()
         try:
             return fn(*args, **kwargs)
         except typer.Exit:
             raise
         except KeyboardInterrupt:
-            _stderr().print("tav: interrupted; the store is as it was")
+            _SIGNALS.finishing = True  # a second Ctrl-C while this is said changes nothing
+            _stderr().print(_SIGNALS.interrupted(), markup=False)
             raise typer.Exit(EXIT_INTERRUPTED)
         except Interrupted as e:  # a stopped tune: the message says how to continue it
             _stderr().print(f"tav: {_first_line(e)}", markup=False)
@@ -126,6 +182,8 @@ def _errors(fn):
             _stderr().print(f"tav: internal error: {type(e).__name__}: {_first_line(e)} (a bug; TAV_DEBUG=1 shows "
                             "the traceback, please report it)", markup=False)
             raise typer.Exit(EXIT_FAILURE)
+        finally:
+            _SIGNALS.finish()
 
     return wrapper
 
@@ -148,8 +206,11 @@ class _Progress:
                             TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=self.console,
                             transient=True) if self.live else None
         self.task = None
+        self._warnings = warnings.catch_warnings()
 
     def __enter__(self):
+        self._warnings.__enter__()
+        warnings.showwarning = self._warning
         if self.bar:
             self.bar.start()
         return self
@@ -157,6 +218,14 @@ class _Progress:
     def __exit__(self, *exc):
         if self.bar:
             self.bar.stop()
+        self._warnings.__exit__(*exc)
+
+    def _warning(self, message, category, filename, lineno, file=None, line=None) -> None:
+        """tav's own warnings as `tav: warning:` lines; a library's are for its developers (TAV_DEBUG shows them)."""
+        if Path(filename).resolve().is_relative_to(_PACKAGE):
+            self.log(f"warning: {message}")
+        elif os.environ.get("TAV_DEBUG"):
+            self.console.print(warnings.formatwarning(message, category, filename, lineno, line), markup=False)
 
     def stage(self, stage: Stage, detail: str = "", total: int | None = None) -> None:
         name = stage.describe(detail)
@@ -165,7 +234,7 @@ class _Progress:
                 self.bar.remove_task(self.task)
             self.task = self.bar.add_task(name, total=total, info="")
         elif not self.quiet:
-            self.console.print(f"tav: {name}" + (f" ({total} step{'s' if total != 1 else ''})" if total else ""),
+            self.console.print(f"tav: {name}" + (f" ({counted(total, 'step')})" if total else ""),
                                markup=False)
 
     def step(self, i: int, loss: float | None = None) -> None:
@@ -184,7 +253,7 @@ class _Progress:
 def _store():
     from tavcli.app.manifest import open_store
 
-    return open_store()  # reads tav's manifests: typed, migrated, validated
+    return open_store(on_commit=_SIGNALS.committed)  # reads tav's manifests: typed, migrated, validated
 
 
 def _artifact_summary(a) -> dict:
@@ -229,9 +298,13 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main(
+    ctx: typer.Context,
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
 ) -> None:
     """Tune-A-Video from the command line. Store: $TAV_HOME, else the platform's user data folder."""
+    if ctx.invoked_subcommand is None:
+        typer.echo(ctx.get_help())
+        raise typer.Exit()
 
 
 @app.command()
@@ -288,6 +361,7 @@ def tune(
     loaded = apply_overrides(load_config(config), **flags) if config else from_flags(**flags)
     store = _store()
     notes, run = [f"warning: {w}" for w in loaded.warnings], None
+    store.check_writable()  # before a run is started in it
     if loaded.resume:  # an official config's resume_from_checkpoint: latest
         found = Runs(store).latest_of(config)
         if found is None:
@@ -310,12 +384,15 @@ def _job_of(run) -> TuneJob:
 
 def _tune_and_edit(store, run, job: TuneJob, edits: list, out_dir: Path, notes: list[str], as_json: bool,
                    quiet: bool) -> None:
-    """Tune (a new run or a resumed one), then run the config's edits; print the id and the edits' paths."""
-    from tavcli.app.jobs import edit as run_edit
+    """Tune (a new run or a resumed one), then run the config's edits; print the id as soon as the artifact
+    is stored, then each edit's path as soon as its video is written (with -q: only the id)."""
+    from tavcli.app.jobs import check_outputs
     from tavcli.app.jobs import tune as run_tune
 
-    outputs = []
+    edits = [e.replace(out_dir=out_dir) for e in edits]
     try:
+        for e in edits:
+            check_outputs(e)  # before the tune, not after it
         progress = _Progress(quiet)  # imports the model libraries: seconds, in which a Ctrl-C may come
     except BaseException:
         run.close()
@@ -323,18 +400,39 @@ def _tune_and_edit(store, run, job: TuneJob, edits: list, out_dir: Path, notes: 
     with progress:
         for note in notes:
             progress.log(note)
-        artifact = run_tune(job, store, progress, run=run)
+        artifact = run_tune(job, store, progress, run=run)  # from its commit on, signals do not stop tav
         m = Manifest.of(artifact)
         progress.log(f"stored {artifact.short_id}" + (f" ({artifact.name})" if artifact.name else "")
                      + (f"; loss {m.loss[0]:.4f} -> {m.loss[-1]:.4f}" if m.loss else ""))
-        for edit_job in edits:
-            outputs += [r.path for r in run_edit(edit_job.replace(ref=artifact.id, out_dir=out_dir), store, progress)]
+        if not as_json:
+            typer.echo(artifact.short_id)  # now, not after the edits: a script has its id whatever comes next
+        outputs = _validation_edits(edits, artifact, store, progress, echo=not as_json and not quiet)
     if as_json:
         _stdout().print_json(json.dumps(_artifact_summary(artifact) | {"edit_outputs": [str(p) for p in outputs]}))
-    else:
-        typer.echo(artifact.short_id)
-        for path in outputs:
-            typer.echo(str(path))
+
+
+def _validation_edits(edits: list, artifact, store, progress: _Progress, echo: bool) -> list[Path]:
+    """A config's validation edits after its tune: each path printed once written (unless -q or --json). An
+    interrupt stops them, keeping what was written; the tune succeeded, so tav still exits 0."""
+    from tavcli.app.jobs import edit as run_edit
+
+    outputs: list[Path] = []
+
+    def written(result) -> None:
+        outputs.append(result.path)
+        if echo:
+            typer.echo(str(result.path))
+
+    _SIGNALS.finishing = False
+    try:
+        for job in edits:
+            run_edit(job.replace(ref=artifact.id), store, progress, on_result=written)
+    except KeyboardInterrupt:
+        progress.log(f"interrupted; {artifact.short_id} is stored; kept {counted(len(outputs), 'validation edit')}; "
+                     "the others were not run")
+    finally:
+        _SIGNALS.finishing = True
+    return outputs
 
 
 @app.command()
@@ -369,6 +467,7 @@ def resume(
         runs.discard(found)
         typer.echo(found.id)
         return
+    runs.store.check_writable()
     active = runs.take(found)
     try:
         job = _job_of(active)
@@ -384,8 +483,7 @@ def resume(
 def _read_prompts(prompts: list[str] | None, prompts_file: str | None) -> list[str]:
     found = list(prompts or [])
     if prompts_file:
-        text = sys.stdin.read() if prompts_file == "-" else Path(prompts_file).read_text()
-        found += [line.strip() for line in text.splitlines() if line.strip()]
+        found += [line.strip() for line in _prompts_text(prompts_file).splitlines() if line.strip()]
     return found  # none: EditJob says what is missing (or --reconstruct needs none)
 
 
@@ -396,6 +494,21 @@ def _seed_list(text: str) -> tuple[int, ...]:
     except ValueError:
         raise BadInput(f"--seeds takes whole numbers separated by commas, e.g. 1,2,3; got {text!r}") from None
     return found
+
+
+def _prompts_text(prompts_file: str) -> str:
+    """The text of --prompts-file ('-': stdin), or one line saying why it cannot be read."""
+    where = "stdin" if prompts_file == "-" else prompts_file
+    try:
+        return sys.stdin.read() if prompts_file == "-" else Path(prompts_file).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise BadInput(f"--prompts-file {where} is not UTF-8 text; save it as UTF-8 (one prompt a line)") from None
+    except IsADirectoryError:
+        raise BadInput(f"--prompts-file {where} is a folder; give a text file with one prompt a line") from None
+    except FileNotFoundError:
+        raise BadInput(f"--prompts-file {where} not found; check the path") from None
+    except OSError as e:
+        raise BadInput(f"--prompts-file {where} cannot be read ({e.strerror}); check the path") from None
 
 
 @app.command()
@@ -440,7 +553,6 @@ def edit(
     frame consistency; with --reconstruct: path, PSNR in dB; tab-separated)."""
     from tavcli.app.jobs import edit as run_edit
     from tavcli.app.jobs import edit_job
-
     from tavcli.app.refs import split
 
     given = {k: v for k, v in locals().items() if k not in ("inversion", "no_inversion")}
@@ -453,8 +565,15 @@ def edit(
         flags["seeds"] = _seed_list(seeds)
     job = edit_job(flags, where)
     store = _store()
+
+    def written(r) -> None:  # each path as soon as its video is written and recorded: pipes need not wait
+        _SIGNALS.kept.append(str(r.path))
+        if not as_json:
+            extra = [f"{v:.2f}" for v in (r.scores or {}).values()] + ([f"{r.psnr:.2f}"] if job.reconstruct else [])
+            typer.echo("\t".join([str(r.path)] + extra))
+
     with _Progress(quiet) as progress:
-        results = run_edit(job, store, progress)
+        results = run_edit(job, store, progress, on_result=written)
         s = job.settings
         if seed is not None and s.inversion and s.eta == 0:  # after the edit: a failed one says only why
             progress.log(f"note: --seed {seed} changed nothing: DDIM from the inversion with --eta 0 draws no "
@@ -467,10 +586,6 @@ def edit(
             "outputs": [{"prompt": r.prompt, "path": str(r.path), "seed": r.seed} | (r.scores or {})
                         | ({"psnr": r.psnr if math.isfinite(r.psnr) else None} if job.reconstruct else {})
                         for r in results]}))
-    else:
-        for r in results:
-            extra = [f"{v:.2f}" for v in (r.scores or {}).values()] + ([f"{r.psnr:.2f}"] if job.reconstruct else [])
-            typer.echo("\t".join([str(r.path)] + extra))
 
 
 @app.command()
@@ -702,15 +817,19 @@ def export(
 
 @app.command("import")
 @_errors
-def import_(source: Annotated[Path, typer.Argument(help="A .tav file, or a folder written by `tav export "
-                                                   "--format diffusers`.")]) -> None:
+def import_(
+    source: Annotated[Path, typer.Argument(help="A .tav file, or a folder written by `tav export --format "
+                                           "diffusers`.")],
+    name: Annotated[str | None, typer.Option("--name", help="Store it under this name instead of its own (a name "
+                                             "is part of the content: the id changes with it).")] = None,
+) -> None:
     """Bring an exported artifact into this store (hashes verified); print its id."""
     if source.is_dir():
         from tavcli.app.interop import import_diffusers
 
-        typer.echo(import_diffusers(source, _store()).short_id)
+        typer.echo(import_diffusers(source, _store(), name=name).short_id)
     else:
-        typer.echo(_store().import_file(source).short_id)
+        typer.echo(_store().import_file(source, name=name).short_id)
 
 
 @app.command("import-official")

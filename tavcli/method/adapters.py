@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
 from tavcli.errors import Corrupt
@@ -95,8 +95,21 @@ def save_adapter(unet: nn.Module, spec: AdapterSpec, folder: str | Path, dtype: 
     header = {f"tav_{k}": str(v) for k, v in asdict(spec).items()}
     header |= {"format": "pt", **(metadata or {})}
     (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2, default=str) + "\n")
-    save_file(tensors, folder / WEIGHTS_NAME, metadata=header)
+    (folder / WEIGHTS_NAME).write_bytes(_safetensors_bytes(tensors, header))
     return folder
+
+
+def _safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    """A safetensors file whose header lists the metadata sorted: safetensors writes it from a Rust HashMap,
+    in a random order each time, so the same adapter would not be the same bytes (nor its export's import)."""
+    data = save(tensors, metadata=metadata)
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(text) > n:  # not the writer's spelling after all: keep its bytes, order and all
+        return data
+    return data[:8] + text.ljust(n) + data[8 + n:]  # the same length: safetensors pads its header with spaces
 
 
 def read_metadata(folder: str | Path) -> dict[str, str]:

@@ -174,15 +174,42 @@ def _load_folder(name: str, revision: str | None, dev: torch.device, dt: torch.d
     from transformers import CLIPTextModel
 
     folder, rev = locate_base(name, revision)
+    # Components with only .bin (pickle) weights are asked for as such: diffusers would log an error line
+    # while looking for .safetensors first. Both libraries read them with torch's weights-only unpickler.
+    pickled = [c for c in ("unet", "vae", "text_encoder") if _only_pickled(folder / c)]
+    if pickled:
+        warnings.warn(f"the {', '.join(pickled)} weights of {name} are .bin (Python pickle) files; tav reads only "
+                      "their tensors, but .safetensors is the safer, preferred format", UserWarning, stacklevel=3)
     try:
-        unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=dt)
-        vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=dt)
-        text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", torch_dtype=dt)
+        unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=dt,
+                                                    use_safetensors="unet" not in pickled)
+        vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=dt,
+                                            use_safetensors="vae" not in pickled)
+        text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", torch_dtype=dt,
+                                                     use_safetensors="text_encoder" not in pickled)
         tokenizer, scheduler_config = _tokenizer_and_scheduler(folder)
-    except (OSError, ValueError, KeyError) as e:
-        raise BadInput(f"could not load the base model from {folder}: {e}") from e
+    except (OSError, ValueError, KeyError, pickle.UnpicklingError) as e:
+        if pickled:
+            raise BadInput(f"could not read the .bin weights of {folder} as plain tensors: they hold Python objects "
+                           "besides tensors, which tav will not unpickle, or are damaged; convert them to "
+                           ".safetensors (in an environment you trust) and pass that folder") from e
+        raise BadInput(f"could not load the base model from {folder}: {_first_line(e)}") from e
     _freeze(dev, unet, vae, text_encoder)
     return Base(unet, vae, text_encoder, tokenizer, scheduler_config, name, rev, folder, dev, dt)
+
+
+def _only_pickled(component: Path) -> bool:
+    """Whether a component folder has .bin weights and no .safetensors."""
+    return any(component.glob("*.bin")) and not any(component.glob("*.safetensors"))
+
+
+def unet_width(name: str) -> int | None:
+    """The channels of the first UNet block of a base in a local diffusers folder, read from its config without
+    loading it (SD v1: 320); None for a hub id or a single file, which are SD v1-sized."""
+    try:
+        return int(_read_json(Path(name).expanduser() / "unet" / "config.json")["block_out_channels"][0])
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return None
 
 
 def _tokenizer_and_scheduler(folder: Path) -> tuple[object, dict]:

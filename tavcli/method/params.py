@@ -124,7 +124,8 @@ class EditSettings(Settings):
     """
 
     steps: int = setting(50, "DDIM steps.", min=1, max=MAX_STEPS)
-    guidance: float = setting(12.5, "Classifier-free guidance scale (1: no guidance; below 1 is allowed).")
+    guidance: float = setting(12.5, "Classifier-free guidance scale, any finite number (1: no guidance; 0: "
+                                    "unconditional; below 0 steers away from the prompt).")
     negative_prompt: str = setting("", "Negative prompt.", option="negative")
     seed: int = setting(0, "Noise seed (with --no-inversion or --eta).", option="seed")
     inversion: bool = setting(True, "Start from the clip's inversion, not from noise.")

@@ -23,7 +23,7 @@ import numpy as np
 from decord._ffi.base import DECORDError
 from PIL import Image
 
-from tavcli.errors import BadInput
+from tavcli.errors import BadInput, counted
 from tavcli.method.params import FrameSampling, FrameSize, Resize
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
@@ -66,11 +66,13 @@ def _sample(total: int, sampling: FrameSampling, name: str) -> list[int]:
         raise BadInput(f"{name} has no frames; give a clip with at least {frames}")
     available = total - start
     if available < 1:
-        raise BadInput(f"{name} has {total} frames; start {start} is past its end (use --start {total - 1} or less)")
+        raise BadInput(f"{name} has {counted(total, 'frame')}; start {start} is past its end "
+                       f"(use --start {total - 1} or less)")
     if available < frames:
         where = f" from frame {start}" if start else ""
         raise BadInput(
-            f"{name} has {total} frames; asked for {frames}{where} (use --frames {available} or a longer clip)"
+            f"{name} has {counted(total, 'frame')}; asked for {frames}{where} "
+            f"(use --frames {available} or a longer clip)"
         )
     if stride is None:
         if frames == 1:
@@ -82,7 +84,8 @@ def _sample(total: int, sampling: FrameSampling, name: str) -> list[int]:
     if last >= total:
         widest = (total - 1 - start) // (frames - 1)
         raise BadInput(
-            f"{name} has {total} frames; start {start} + stride {stride} for {frames} frames needs frame {last} "
+            f"{name} has {counted(total, 'frame')}; start {start} + stride {stride} for {frames} frames "
+            f"needs frame {last} "
             f"(use --stride {widest} or lower, or fewer frames)"
         )
     return list(range(start, last + 1, stride))
@@ -100,6 +103,9 @@ def read_video(
     path = Path(path)
     if not path.exists():
         raise BadInput(f"{path} not found; check the path")
+    if not (path.is_file() or path.is_dir()):  # decord would print its own "ERROR opening" and fail
+        raise BadInput(f"{path} is not a regular file (a pipe or a device?); tav seeks in the clip, so save it to a "
+                       "file first")
     if path.is_dir():
         source = _read_image_dir(path, sampling)
     elif path.suffix.lower() == ".gif":
@@ -124,14 +130,31 @@ def _read_with_decord(path: Path, sampling: FrameSampling) -> _Source:
     try:
         batch = reader.get_batch(indices).asnumpy()
     except (DECORDError, RuntimeError):
-        raise BadInput(
-            f"{path} opened but frames {indices[0]}..{indices[-1]} could not be decoded; "
-            "it is probably truncated or corrupt, so re-download or re-encode it"
-        ) from None
+        batch = _decode_with_pyav(path, indices)  # decord refuses some valid files (widths 16, 24, 48, 72)
+        if batch is None:
+            raise BadInput(
+                f"{path} opened but frames {indices[0]}..{indices[-1]} could not be decoded; "
+                "it is probably truncated or corrupt, so re-download or re-encode it"
+            ) from None
     frames = _as_rgb(batch)
     fps = float(reader.get_avg_fps())
     fps = fps if math.isfinite(fps) and fps > 0 else DEFAULT_FPS  # some containers state no rate
     return _Source(list(frames), indices, fps, len(reader), (frames.shape[2], frames.shape[1]))
+
+
+def _decode_with_pyav(path: Path, indices: list[int]) -> np.ndarray | None:
+    """Frames `indices` of a video decoded in order by PyAV, or None when it cannot decode them all either."""
+    wanted, found = set(indices), {}
+    try:
+        with av.open(str(path)) as container:
+            for i, frame in enumerate(container.decode(video=0)):
+                if i in wanted:
+                    found[i] = frame.to_ndarray(format="rgb24")
+                if i >= indices[-1]:
+                    break
+    except (av.FFmpegError, OSError):
+        return None
+    return np.stack([found[i] for i in indices]) if len(found) == len(wanted) else None
 
 
 _UNDECODABLE = (

@@ -12,7 +12,7 @@ from tavcli.app.jobs import identity, load_recorded_base, playback_fps, versions
 from tavcli.app.manifest import Inversion, Manifest, Origin, Provenance, Run, Source, Tuning, Video
 from tavcli.app.progress import Reporter, Stage
 from tavcli.app.store import Artifact, Store
-from tavcli.errors import BadInput
+from tavcli.errors import BadInput, counted
 from tavcli.method.params import DEFAULT_BASE, AdapterSpec, FrameSampling
 from tavcli.settings import Mode, Settings, setting
 
@@ -76,7 +76,8 @@ def import_official(job: ImportOfficialJob, store: Store, reporter: Reporter = R
     width = (training.width if training else None) or (latent.shape[-1] * base.vae_factor if latent is not None else 512)
     height = (training.height if training else None) or (latent.shape[-2] * base.vae_factor if latent is not None else 512)
     if latent is not None and tuple(latent.shape[1:]) != (frames, 4, height // base.vae_factor, width // base.vae_factor):
-        raise BadInput(f"the inversion latent is {tuple(latent.shape)}, not the {frames} frames of {width}x{height} "
+        raise BadInput(f"the inversion latent is {tuple(latent.shape)}, not the {counted(frames, 'frame')} of "
+                       f"{width}x{height} "
                             "that config.yaml describes")
     start = training.sample_start_idx if training and training.sample_start_idx is not None else 0
     stride = training.sample_frame_rate if training and training.sample_frame_rate else 1

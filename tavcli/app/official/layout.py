@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import shutil
 import tempfile
@@ -204,7 +205,11 @@ def load_weights_only(path: Path) -> Any:
     """`torch.load` that never runs code from the file: only tensors and plain containers come back."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # UnpicklingError for a refused object, RuntimeError/EOFError for a damaged file
+    except pickle.UnpicklingError as e:  # tav's words: torch's own advise weights_only=False, which runs the code
+        raise BadInput(f"{path} holds Python objects besides tensors, which tav will not unpickle (it reads "
+                       "pickled files only through torch.load(weights_only=True)); re-save it as a dict of tensors, or as "
+                       "safetensors, in an environment you trust") from e
+    except Exception as e:  # RuntimeError/EOFError for a damaged file
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise BadInput(f"{path} is not a plain tensor file that torch.load(weights_only=True) reads ({first}); "
                             "re-save it as a dict of tensors, or as safetensors") from e
