@@ -491,7 +491,8 @@ def test_export_peft(cli, home, tmp_path):
     assert_error(cli("export", "slide", tmp_path / "peft", "--format", "peft"), 2, "exists", "--force")
     umask = os.umask(0)
     os.umask(umask)
-    assert {p.stat().st_mode & 0o777 for p in (tmp_path / "peft").iterdir()} == {0o666 & ~umask}  # as any file made
+    modes = {p.stat().st_mode & 0o777 for p in (tmp_path / "peft").rglob("*") if p.is_file()}
+    assert modes == {0o666 & ~umask}  # as any file made
 
 
 def test_edit_of_a_long_multiline_non_ascii_prompt(cli, home, tmp_path):

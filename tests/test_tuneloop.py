@@ -26,6 +26,7 @@ from tests.test_cli import (
     run_subprocess,
     store_state,
 )
+from tests.test_cli import empty_home  # noqa: F401 (a fixture)
 
 LOOP = ("--frames", "2", "--size", "64")
 
@@ -44,12 +45,8 @@ def source_mp4(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def home(tmp_path, monkeypatch) -> Path:
-    home = tmp_path / "home"
-    Store(home)
-    monkeypatch.setenv("TAV_HOME", str(home))
-    monkeypatch.delenv("TAV_DEBUG", raising=False)
-    return home
+def home(empty_home) -> Path:
+    return empty_home
 
 
 def tav(home: Path, *args: object):
