@@ -23,8 +23,10 @@ _WARMUP = 3  # tuning steps left out of the median: allocator, cuDNN autotuning,
 
 
 # The sizes timed unless given: SD v1's own (the paper's clip), or small ones for the tiny smoke test.
-FULL = {"frames": 8, "size": 512, "steps": 30, "edit_steps": 50, "inversion_steps": 50}
-TINY = {"frames": 4, "size": 64, "steps": 6, "edit_steps": 4, "inversion_steps": 4}
+FULL = {"frames": 8, "size": 512, "steps": 30, "edit_steps": 50, "inversion_steps": 50, "fresh_tune_steps": 300,
+        "edit_prompts": 8}
+TINY = {"frames": 4, "size": 64, "steps": 6, "edit_steps": 4, "inversion_steps": 4, "fresh_tune_steps": 0,
+        "edit_prompts": 2}
 
 
 def _default(key: str) -> str:
@@ -45,9 +47,11 @@ class BenchSettings(Settings):
     compile: bool = setting(False, "Time `tav tune --compile` and `tav edit --compile`.")
     attention_kernel: AttentionKernel = setting(AttentionKernel.AUTO, "Time `tav tune` and `tav edit` with "
                                                 "these attention kernels (auto, flash, cudnn, default).")
-    fresh_tune_steps: int = setting(300, "Also time a whole `tav tune` of this many steps, then a `tav edit`, "
-                                         "each in a fresh process (0: not).", min=0)
-    edit_prompts: int = setting(8, "Also time one `tav edit` with this many prompts (0 or 1: not).", min=0)
+    fresh_tune_steps: int | None = setting(None, "Also time a whole `tav tune` of this many steps, then a `tav "
+                                                 "edit`, each in a fresh process (0: not).", min=0,
+                                           default_text=_default("fresh_tune_steps"))
+    edit_prompts: int | None = setting(None, "Also time one `tav edit` with this many prompts (0 or 1: not).",
+                                       min=0, default_text=_default("edit_prompts"))
     preview: bool = setting(True, "Also time one preview (`tav tune --preview`: the clip inverted with the model "
                                   "of that step, then sampled; --edit-steps steps each).")
     edit_strength: float = setting(0.5, "Also time one `tav edit --strength S` (1: not).", positive=True, max=1)
