@@ -10,7 +10,6 @@ differs slightly from the one tuning made from the decoded frames (docs/method.m
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,7 +17,7 @@ from typing import TYPE_CHECKING
 from tavcli.app.manifest import KeptInversion, Manifest, ManifestError
 from tavcli.app.progress import Reporter, Stage
 from tavcli.app.refs import Target
-from tavcli.app.store import Store
+from tavcli.app.store import Store, check_name_syntax
 from tavcli.engine.runtime import Runtime
 from tavcli.errors import BadInput, NotFound
 from tavcli.method.params import MAX_FRAMES, MAX_STEPS, FrameSampling
@@ -132,9 +131,6 @@ def _default_name(store: Store, target: Target, steps: int, frames: int) -> str:
     return next(n for n in (stem if k == 0 else f"{stem}-{k}" for k in range(10_000)) if n not in taken)
 
 
-_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
-
-
 def _tuned_steps(m: Manifest) -> int:
     """The inversion steps of tuning (50, the paper's, for an import that does not say)."""
     return m.inversion.steps if m.inversion is not None and m.inversion.steps else 50
@@ -184,8 +180,7 @@ def invert(job: InvertJob, store: Store, reporter: Reporter = Reporter()) -> Kep
 
     target = refs.resolve(store, job.ref)
     store.verify(target.artifact)
-    if job.name is not None and not _NAME.fullmatch(job.name):
-        raise BadInput(f"invalid inversion name {job.name!r}; use 1-64 letters, digits, '.', '_' or '-'")
+    check_name_syntax(job.name)  # what `Store.add` will ask of it, before the model loads
     if job.name is not None and job.name in {i.name for i in kept(store, target.artifact)}:
         raise BadInput(f"{target.label} already keeps an inversion named '{job.name}'; choose another --name")
     steps = job.steps or _tuned_steps(target.manifest)

@@ -655,6 +655,11 @@ def _redo(artifact: Artifact) -> str:
     return f"remove it (`tav rm {artifact.short_id}`) and run the job again"
 
 
+def check_name_syntax(name: object) -> None:
+    """Refuse a name no artifact (or thing kept with one, `add`) may have; None passes."""
+    _check_name(name)
+
+
 def _check_name(name: object) -> None:
     if name is None:
         return

@@ -68,6 +68,8 @@ class _Clock(Reporter):
 
     def __init__(self, sync, stage_peaks: bool = False):
         self.sync, self.stage_peaks = sync, stage_peaks
+        self.preview_started: float | None = None  # the first preview's start and end (its path logged)
+        self.preview_done: float | None = None
         self.stages: list[tuple[Stage, float]] = []
         self.steps: dict[Stage, list[float]] = {}
         self.peaks: dict[str, float] = {}  # with stage_peaks (GPU): GiB allocated at most in each stage
@@ -99,8 +101,6 @@ class _Clock(Reporter):
             self.sync()
             self.preview_done = time.perf_counter()
 
-    preview_started: float | None = None  # the first preview's start and end (its path logged)
-    preview_done: float | None = None
 
     def span(self, first: Stage, then: Stage | None = None) -> float:
         """Seconds from the start of stage `first` to the start of `then` (or to now)."""
