@@ -13,7 +13,7 @@ import time
 import numpy as np
 import torch
 
-from tavcli.faces.bench import _base_folder
+from tavcli.app.builtin import locate
 from tavcli.method.denoiser import Denoiser
 from tavcli.method.models import encode_frames, encode_prompts, load_base
 from tavcli.method.pipeline import TuneAVideo, _alphas_cumprod
@@ -37,7 +37,7 @@ def main() -> None:
         sdpa_kernel(backend).__enter__()  # for the whole process
     out: dict = {"sdpa": args.sdpa, "compile": args.compile, "regional": args.regional, "mode": args.mode,
                  "frames": args.frames}
-    base = load_base(str(_base_folder(tiny=False)))
+    base = load_base(str(locate("random:sd-v1")))
     tav = TuneAVideo.create(base)
     if args.compile:
         tav.unet.compile(mode=args.mode)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from tavcli.faces.bench import _base_folder
+from tavcli.app.builtin import locate
 from tavcli.method import ddim
 from tavcli.method.denoiser import Denoiser
 from tavcli.method.models import encode_prompts, load_base
@@ -43,7 +43,7 @@ def timed(fn):
 
 def main() -> None:
     name, tiny = sys.argv[1], "--tiny" in sys.argv
-    base = load_base(str(_base_folder(tiny=tiny)))
+    base = load_base(str(locate("random:tiny" if tiny else "random:sd-v1")))
     tav = TuneAVideo.create(base)
     size = 64 if tiny else 512
     frames = np.random.default_rng(0).integers(0, 256, (8, size, size, 3), dtype=np.uint8)

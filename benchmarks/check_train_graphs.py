@@ -13,14 +13,14 @@ import numpy as np
 import torch
 
 from tavcli.engine.runtime import Runtime
-from tavcli.faces.bench import _base_folder
+from tavcli.app.builtin import locate
 from tavcli.method.models import encode_frames, encode_prompts, load_base
 from tavcli.method.pipeline import TuneAVideo, _alphas_cumprod
 from tavcli.method.tuning import ClipLatents, TuneSettings, tune
 
 
 def run(graphs: bool, frames: int, steps: int) -> tuple[list[float], torch.Tensor, float, float]:
-    base = load_base(str(_base_folder(tiny=False)))
+    base = load_base(str(locate("random:sd-v1")))
     tav = TuneAVideo.create(base)
     video = np.random.default_rng(0).integers(0, 256, (frames, 512, 512, 3), dtype=np.uint8)
     mean, std = encode_frames(base, video)
@@ -59,7 +59,7 @@ def main() -> None:
 
 
 def run_init_weights() -> torch.Tensor:
-    tav = TuneAVideo.create(load_base(str(_base_folder(tiny=False))))
+    tav = TuneAVideo.create(load_base(str(locate("random:sd-v1"))))
     return torch.cat([p.detach().flatten() for p in tav.params]).cpu()
 
 

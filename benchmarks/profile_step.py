@@ -3,7 +3,7 @@
 weights, the same `tuning.tune` and `denoiser.Denoiser` that `tav tune` and `tav edit` run. The tuning step
 uses `tav`'s attention kernels; the sampling calls here go straight to the UNet: PyTorch's choice.
 
-    python benchmarks/profile_step.py [--frames 8] [--size 512] [--json out.json]
+    python benchmarks/profile_step.py [--frames 8] [--size 512] [--ops] [--json out.json]
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from tavcli.engine.runtime import Runtime
-from tavcli.faces.bench import _base_folder
+from tavcli.app.builtin import locate
 from tavcli.method.attention import video_forward
 from tavcli.method.denoiser import Denoiser
 from tavcli.method.models import encode_frames, encode_prompts, load_base
@@ -66,15 +66,29 @@ def kernel_table(prof, calls: int) -> dict:
     return {"gpu_ms": total, "families": dict(sorted(fams.items(), key=lambda kv: -kv[1]["ms"]))}
 
 
-def profiled(fn, calls: int) -> tuple[float, dict]:
+def op_table(prof, calls: int, top: int = 40) -> list:
+    """The aten ops (with their input shapes) whose kernels take the most GPU time per call, in ms."""
+    rows = []
+    for evt in prof.key_averages(group_by_input_shape=True):
+        us = getattr(evt, "self_device_time_total", None) or getattr(evt, "self_cuda_time_total", 0)
+        if us and evt.key.startswith("aten::"):
+            rows.append((round(us / 1000 / calls, 3), evt.count // calls, evt.key, str(evt.input_shapes)[:160]))
+    return sorted(rows, reverse=True)[:top]
+
+
+def profiled(fn, calls: int, ops: bool = False) -> tuple[float, dict]:
     torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    activities = [ProfilerActivity.CUDA] + ([ProfilerActivity.CPU] if ops else [])
+    with profile(activities=activities, record_shapes=ops) as prof:
         t = time.perf_counter()
         for _ in range(calls):
             fn()
         torch.cuda.synchronize()
         wall = (time.perf_counter() - t) / calls * 1000
-    return round(wall, 1), kernel_table(prof, calls)
+    table = kernel_table(prof, calls)
+    if ops:
+        table["ops"] = op_table(prof, calls)
+    return round(wall, 1), table
 
 
 def timed(fn) -> float:
@@ -90,9 +104,10 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=8)
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--ops", action="store_true", help="also the aten ops (and shapes) taking the most GPU time")
     args = ap.parse_args()
     out: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "frames": args.frames}
-    base = load_base(str(_base_folder(tiny=False)))
+    base = load_base(str(locate("random:sd-v1")))
     tav = TuneAVideo.create(base)
     frames = np.random.default_rng(0).integers(0, 256, (args.frames, args.size, args.size, 3), dtype=np.uint8)
     mean, std = encode_frames(base, frames)
@@ -101,7 +116,8 @@ def main() -> None:
 
     eager = Runtime(cuda_graphs=False)
     tune(tav.unet, tav.params, clip, alphas, TuneSettings(steps=3), runtime=eager)  # warm-up
-    wall, table = profiled(lambda: tune(tav.unet, tav.params, clip, alphas, TuneSettings(steps=1), runtime=eager), 3)
+    wall, table = profiled(lambda: tune(tav.unet, tav.params, clip, alphas, TuneSettings(steps=1), runtime=eager), 3,
+                           args.ops)
     out["tuning_step"] = {"eager_wall_ms": wall, **table}
     # The same step graph-replayed, for the wall time the kernels add up to once launches are gone.
     stamps = []
@@ -123,12 +139,12 @@ def main() -> None:
     out["inversion_first_step"] = first
 
     with torch.no_grad():
-        wall, table = profiled(lambda: video_forward(tav.unet, mean, 500, empty), 3)
+        wall, table = profiled(lambda: video_forward(tav.unet, mean, 500, empty), 3, args.ops)
         out["inversion_call"] = {"eager_wall_ms": wall, **table}
         replays = [timed(lambda: denoise(mean, 500, empty)) for _ in range(10)]
         out["inversion_call"]["graph_wall_ms"] = round(float(np.median(replays)) * 1000, 1)
         x2, text2 = torch.cat([mean, mean]), torch.cat([empty, clip.text])
-        wall, table = profiled(lambda: video_forward(tav.unet, x2, 500, text2), 3)
+        wall, table = profiled(lambda: video_forward(tav.unet, x2, 500, text2), 3, args.ops)
         out["cfg_call"] = {"eager_wall_ms": wall, **table}
         denoise(x2, 500, text2)
         replays = [timed(lambda: denoise(x2, 500, text2)) for _ in range(10)]
@@ -139,6 +155,8 @@ def main() -> None:
         print(f"== {part}: GPU {p['gpu_ms']} ms, eager wall {p['eager_wall_ms']} ms, graph wall {p['graph_wall_ms']} ms")
         for fam, f in p["families"].items():
             print(f"   {fam:20s} {f['ms']:7.2f} ms  {f['launches']:5d} launches  {f['top'][0][1][:60]}")
+        for ms, count, op, shapes in p.get("ops", [])[:25]:
+            print(f"   {ms:7.3f} ms {count:4d}x {op:36s} {shapes[:90]}")
     print("== first inversion step:", json.dumps(first))
     if args.json:
         with open(args.json, "w") as fh:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from tavcli.engine.runtime import MasterWeights
-from tavcli.faces.bench import _base_folder
+from tavcli.app.builtin import locate
 from tavcli.method.attention import video_forward
 from tavcli.method.models import encode_frames, encode_prompts, load_base
 from tavcli.method.pipeline import TuneAVideo
@@ -35,7 +35,7 @@ def main() -> None:
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
-    base = load_base(str(_base_folder(tiny=args.tiny)))
+    base = load_base(str(locate("random:tiny" if args.tiny else "random:sd-v1")))
     tav = TuneAVideo.create(base)
     unet = tav.unet
     if base.dtype == torch.bfloat16:

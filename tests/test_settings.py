@@ -147,18 +147,41 @@ def test_a_bug_is_an_internal_error_not_bad_input(tmp_path, monkeypatch):
     assert r.exit_code == 2 and r.stderr.strip() == "tav: error: bad clip; give another"
 
 
-def test_attention_kernel_auto_is_chosen_per_kind_of_work_and_the_cpu_keeps_pytorchs():
-    import contextlib
-
+def test_attention_kernel_auto_is_chosen_per_kind_of_attention_and_work_and_the_cpu_keeps_pytorchs():
     import torch
 
-    from tavcli.engine.runtime import AttentionKernel, Work, attention_kernel_for, attention_kernels
+    from tavcli.engine.runtime import AttentionKernel, Work, attention_kernels
 
-    assert [attention_kernel_for("auto", w) for w in Work] == [AttentionKernel.DEFAULT, AttentionKernel.FLASH,
-                                                               AttentionKernel.DEFAULT]
-    assert attention_kernel_for("cudnn", Work.INVERSION) == AttentionKernel.CUDNN  # an explicit choice stays
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+
+    def enabled(choice, kind: str, queries: int, keys: int, sequences: int = 64) -> tuple[bool, bool]:
+        with choice.sdpa(kind, queries, keys, sequences):
+            return torch.backends.cuda.cudnn_sdp_enabled(), torch._C._get_sdp_priority_order()[0]
+
+    def cudnn_on(choice, kind: str, queries: int, keys: int, sequences: int = 64) -> bool:
+        return enabled(choice, kind, queries, keys, sequences)[0]
+
+    tuning, inversion, sampling = (attention_kernels("auto", w, cuda) for w in Work)
+    assert tuning.fused_temporal and inversion.fused_temporal and sampling.fused_temporal
+    assert cudnn_on(tuning, "frames", 4096, 8192) and cudnn_on(sampling, "frames", 4096, 8192)  # the 64x64 level
+    assert not cudnn_on(inversion, "frames", 4096, 8192)  # 50 calls save less than its plan costs
+    assert not cudnn_on(tuning, "frames", 1024, 2048) and not cudnn_on(tuning, "cross", 4096, 77)
+    assert not cudnn_on(sampling, "temporal", 8, 8)
+    efficient, flash = (int(b) for b in (torch.nn.attention.SDPBackend.EFFICIENT_ATTENTION,
+                                         torch.nn.attention.SDPBackend.FLASH_ATTENTION))
+    assert enabled(sampling, "temporal", 8, 8, 32768)[1] == efficient  # the 64x64 level's many short sequences
+    assert enabled(tuning, "temporal", 8, 8, 32768)[0]  # cuDNN: no copies of the views kept for backward
+    assert enabled(tuning, "temporal", 8, 8, 8192)[1] == flash
+    assert torch.backends.cuda.cudnn_sdp_enabled()  # each choice is undone when its call ends
+    explicit = attention_kernels("cudnn", Work.INVERSION, cuda)
+    assert cudnn_on(explicit, "cross", 4096, 77) and not explicit.fused_temporal  # an explicit choice is for all
+    assert not cudnn_on(attention_kernels("flash", Work.TUNING, cuda), "frames", 4096, 8192)
+    assert attention_kernels("default", Work.TUNING, cuda).sdpa is None
+    assert len({tuning.key, inversion.key, sampling.key}) == 3  # separate captures per choice
+    assert explicit.key == attention_kernels("cudnn", Work.SAMPLING, cuda).key
     for kernel in AttentionKernel:
-        assert isinstance(attention_kernels(kernel, Work.INVERSION, torch.device("cpu")), contextlib.nullcontext)
-    assert not isinstance(attention_kernels("flash", Work.TUNING, torch.device("cuda")), contextlib.nullcontext)
+        for work in Work:
+            on_cpu = attention_kernels(kernel, work, cpu)
+            assert on_cpu.sdpa is None and not on_cpu.fused_temporal
     with pytest.raises(SettingError, match="attention_kernel"):
         build(jobs.TuneJob, {"video": "a.mp4", "prompt": "p", "attention_kernel": "fast"})

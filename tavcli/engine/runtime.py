@@ -30,9 +30,9 @@ class Dtype(Mode):
 
 
 class AttentionKernel(Mode):
-    AUTO = "auto"  # per kind of work, as measured on an H200: see `attention_kernels`
+    AUTO = "auto"  # per kind of attention and work, as measured on an H200: see `attention_kernels`
     FLASH = "flash"  # FlashAttention-2, built into PyTorch (bf16/fp16; else memory-efficient, then math)
-    CUDNN = "cudnn"  # cuDNN's fused attention: the fastest steps, but a plan to build at every new shape
+    CUDNN = "cudnn"  # cuDNN's fused attention: the fastest large attention, but a plan to build per shape
     DEFAULT = "default"  # whichever PyTorch picks (cuDNN on an H100/H200 with torch 2.11)
 
 
@@ -55,39 +55,63 @@ class Runtime(Settings):
                                                 "cudnn or default (PyTorch's choice).")
 
 
-# What `auto` picks (H200, torch 2.11, docs/performance.md, 2026-12-02). cuDNN's tuning step is 96 ms
-# against flash's 127, but building its plans costs ~10 s of the first step: even over 300 steps. An
-# inversion's 50 calls save 6 ms each with cuDNN and pay 2.7 s of plans: flash. Sampling: 3.6 s per warm
-# edit against 4.2 with flash, its plans built once per process for every prompt: cuDNN.
-_AUTO = {Work.TUNING: AttentionKernel.DEFAULT, Work.INVERSION: AttentionKernel.FLASH,
-         Work.SAMPLING: AttentionKernel.DEFAULT}
+# What `auto` picks (H200, torch 2.11, `benchmarks/attention_kinds.py`, docs/performance.md, 2026-12-02).
+# cuDNN builds a plan at each new shape, in every process: ~3.6 s for the tuning step's 64x64-level
+# sparse-causal attention, ~1.8 s for each other head dimension. It pays only for the largest attention,
+# the 64x64 level's (4096 queries x 8192 keys; 4.2 ms per tuning step's block against flash's 7.7, 2.2 ms
+# against 4.3 per guided call); everywhere else flash is as fast and builds nothing. The inversion's 50
+# calls save less (1.1 ms per block) than that level's plan costs (0.5 s): flash throughout. The temporal
+# attention (sequences of F frames) takes tav's own kernel where it is faster (`triton_temporal.available`),
+# else, for the 64x64 level's 32,768 sequences per clip, PyTorch's memory-efficient kernel when sampling
+# (0.35 ms per inversion call's block against cuDNN's 0.53 and flash's 0.72) and cuDNN when tuning: the
+# memory-efficient kernel was faster there too (1.15 ms against 1.46) but copies the frames-last views and
+# keeps the copies for backward, +0.33 GiB per 8-frame step. Flash for the smaller levels.
+_CUDNN_FROM = 1 << 24  # query x key tokens of a sparse-causal attention from which `auto` takes cuDNN
+_CUDNN_WORK = ("tuning", "sampling")
+_EFFICIENT_FROM = 1 << 15  # sequences of a temporal attention call from which `auto` leaves flash
 
 
-def attention_kernel_for(kernel: AttentionKernel | str, work: Work) -> AttentionKernel:
-    """The kernel setting `kernel` means for `work`: itself, or for `auto` the one measured best for it."""
-    kernel = AttentionKernel(kernel)
-    return _AUTO[work] if kernel == AttentionKernel.AUTO else kernel
+@dataclass(frozen=True)
+class KernelChoice:
+    """The attention kernels for one kind of work: `sdpa(kind, queries, keys, sequences)` opens the SDPA
+    kernels of each attention call (None: PyTorch's choice); `fused_temporal` lets the temporal attention
+    take the registered Triton kernel where it is faster."""
+
+    sdpa: Callable[[str, int, int, int], contextlib.AbstractContextManager] | None
+    fused_temporal: bool
+    key: tuple  # what a CUDA-graph capture made with this choice is kept under
 
 
-def attention_kernels(kernel: AttentionKernel | str, work: Work, device: torch.device
-                      ) -> contextlib.AbstractContextManager:
-    """The SDPA kernels the UNet's attention may use for `work` while this context is open.
+def attention_kernels(kernel: AttentionKernel | str, work: Work, device: torch.device) -> KernelChoice:
+    """The attention kernels `kernel` means for `work` on `device`.
 
-    cuDNN's fused attention, PyTorch's first choice on Hopper, compiles an execution plan for each new
-    shape: for the tuning step's attention shapes, forward and backward, ~10 s of the first step on an
-    H200, and 2.7 s more at the first inversion call, in every process. FlashAttention-2 is compiled into
-    PyTorch, but its steps are slower. The VAE's attention (head dim 512) stays outside, and the CPU keeps
-    PyTorch's choice (the reference path).
+    `flash`, `cudnn` and `default` give every attention call that SDPA choice (the temporal attention
+    too); `auto` chooses per kind and size, as measured (above). The CPU keeps PyTorch's choice and no
+    fused kernel: the reference path. The VAE's attention (head dim 512) is never chosen for.
     """
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    kernel = attention_kernel_for(kernel, work)
-    if kernel == AttentionKernel.DEFAULT or device.type != "cuda":
-        return contextlib.nullcontext()
-    if kernel == AttentionKernel.CUDNN:
-        return sdpa_kernel([SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
-                            SDPBackend.MATH], set_priority=True)
-    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+    kernel, work = AttentionKernel(kernel), Work(work)
+    key = (str(kernel), str(work)) if kernel == AttentionKernel.AUTO else (str(kernel),)
+    if device.type != "cuda":
+        return KernelChoice(None, False, ("cpu",))
+    flash = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+    cudnn = [SDPBackend.CUDNN_ATTENTION, *flash]
+    if kernel == AttentionKernel.DEFAULT:
+        return KernelChoice(None, False, key)
+    if kernel in (AttentionKernel.FLASH, AttentionKernel.CUDNN):
+        backends = flash if kernel == AttentionKernel.FLASH else cudnn
+        return KernelChoice(lambda *call: sdpa_kernel(backends, set_priority=True), False, key)
+    efficient = [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.MATH]
+
+    def auto(kind: str, queries: int, keys: int, sequences: int) -> contextlib.AbstractContextManager:
+        if kind == "frames" and queries * keys >= _CUDNN_FROM and str(work) in _CUDNN_WORK:
+            return sdpa_kernel(cudnn, set_priority=True)
+        if kind == "temporal" and sequences >= _EFFICIENT_FROM:
+            return sdpa_kernel(cudnn if work == Work.TUNING else efficient, set_priority=True)
+        return sdpa_kernel(flash, set_priority=True)
+
+    return KernelChoice(auto, True, key)
 
 
 def resolve_device(device: str = "auto") -> torch.device:

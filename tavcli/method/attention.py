@@ -21,8 +21,10 @@ ValueError, which tav's settings never let through.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -48,13 +50,57 @@ def use_fast_norm(available, norm) -> None:
     _FAST_NORM = (available, norm)
 
 
+# Likewise a temporal attention kernel (`tavcli.engine.triton_temporal`): (available(q, frames),
+# attend(q, k, v, frames, heads, scale)) on (B*F, N, C) tensors, or None.
+_FAST_TEMPORAL: tuple | None = None
+
+
+def use_fast_temporal(available, attend) -> None:
+    """Let the temporal attention run `attend` wherever `available(q, frames)` says it should, and the call
+    allows it (`kernels_chosen`)."""
+    global _FAST_TEMPORAL
+    _FAST_TEMPORAL = (available, attend)
+
+
+# A chooser of SDPA kernels: (kind, queries, keys, sequences) -> a context manager, e.g. torch's
+# `sdpa_kernel`. Kinds are "frames" (attn1), "cross" (attn2) and "temporal"; queries and keys are the
+# token counts of one sequence, sequences how many of them the call attends (batch x heads).
+KernelChooser = Callable[[str, int, int, int], contextlib.AbstractContextManager]
+
+
 @dataclass
 class ClipContext:
-    """What the modules tav adds to one UNet need to know about the current call."""
+    """What the modules tav adds to one UNet need to know about the current call.
+
+    `kernels` and `fused_temporal` choose kernels only (set by `kernels_chosen`, from tav's runtime):
+    the attention computed is the same with any of them.
+    """
 
     frames: int = 1
     attention: str = "sparse-causal"
     temporal_seed: int = 0
+    kernels: KernelChooser | None = None
+    fused_temporal: bool = False
+
+
+@contextlib.contextmanager
+def kernels_chosen(unet: nn.Module, kernels: KernelChooser | None, fused_temporal: bool):
+    """While open, `unet`'s attention takes its SDPA kernels from `kernels` (None: PyTorch's choice) and,
+    with `fused_temporal`, the temporal attention the registered kernel (`use_fast_temporal`)."""
+    ctx = clip_context(unet)
+    before = ctx.kernels, ctx.fused_temporal
+    ctx.kernels, ctx.fused_temporal = kernels, fused_temporal
+    try:
+        yield
+    finally:
+        ctx.kernels, ctx.fused_temporal = before
+
+
+def _kernels(ctx: ClipContext, kind: str, queries: int, keys: int, sequences: int
+             ) -> contextlib.AbstractContextManager:
+    if ctx.kernels is None or torch.compiler.is_compiling():  # a compiled graph keeps the caller's choice
+        return contextlib.nullcontext()
+    return ctx.kernels(kind, queries, keys, sequences)
 
 
 def clip_context(unet: nn.Module) -> ClipContext:
@@ -132,10 +178,28 @@ class FrameAttnProcessor:
             x = source_frames(x.view(b, f, n, heads, d), self.ctx.attention)  # (B, F, S, N, heads, d)
             return x.flatten(2, 3).flatten(0, 1).transpose(1, 2)
 
-        q = q.view(bf, n, heads, d).transpose(1, 2)
-        out = F.scaled_dot_product_attention(q, gather(k), gather(v), scale=attn.scale)
+        q, k, v = q.view(bf, n, heads, d).transpose(1, 2), gather(k), gather(v)
+        with _kernels(self.ctx, "frames", n, k.shape[2], bf * heads):
+            out = F.scaled_dot_product_attention(q, k, v, scale=attn.scale)
         out = out.transpose(1, 2).reshape(bf, n, heads * d).to(q.dtype)
         return attn.to_out[1](attn.to_out[0](out))
+
+
+class CrossAttnProcessor(AttnProcessor2_0):
+    """diffusers' attn2 processor, its SDPA kernels chosen as the clip's call says (`kernels_chosen`)."""
+
+    def __init__(self, ctx: ClipContext):
+        super().__init__()
+        self.ctx = ctx
+
+    def __call__(self, attn: Attention, hidden_states: torch.Tensor,
+                 encoder_hidden_states: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                 temb: torch.Tensor | None = None, *args, **kwargs) -> torch.Tensor:
+        keys = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        queries, sequences = hidden_states.shape[-2], hidden_states.shape[0] * attn.heads
+        with _kernels(self.ctx, "cross", queries, keys.shape[-2], sequences):
+            return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args,
+                                    **kwargs)
 
 
 # --- temporal attention ----------------------------------------------------------------------------
@@ -145,19 +209,23 @@ def _temporal_hook(ctx: ClipContext, block: BasicTransformerBlock, args, output:
     """Runs after the block's feed-forward residual: attention over frames at each spatial position.
 
     LayerNorm and the projections act per token, so they run on the (B*F, N, C) layout as it comes; only
-    q, k and v are viewed frame-axis-last for the attention, and one copy brings the result back.
+    q, k and v are viewed frame-axis-last for the attention, and one copy brings the result back. A fused
+    kernel, where one is registered and the call allows it, reads and writes the (B*F, N, C) layout itself.
     """
     f, attn = ctx.frames, block.attn_temp
     bf, n, c = output.shape
     b, heads = bf // f, attn.heads
     x = block.norm_temp(output)
+    q, k, v = attn.to_q(x), attn.to_k(x), attn.to_v(x)
+    if ctx.fused_temporal and _FAST_TEMPORAL is not None and _FAST_TEMPORAL[0](q, f):
+        out = _FAST_TEMPORAL[1](q, k, v, f, heads, attn.scale)
+    else:
+        def frames_last(t: torch.Tensor) -> torch.Tensor:  # (B*F, N, C) -> (B, N*heads, F, d), a view
+            return t.view(b, f, n * heads, c // heads).transpose(1, 2)
 
-    def frames_last(t: torch.Tensor) -> torch.Tensor:  # (B*F, N, C) -> (B, N*heads, F, d), a view
-        return t.view(b, f, n * heads, c // heads).transpose(1, 2)
-
-    out = F.scaled_dot_product_attention(frames_last(attn.to_q(x)), frames_last(attn.to_k(x)),
-                                         frames_last(attn.to_v(x)), scale=attn.scale)
-    out = out.transpose(1, 2).reshape(bf, n, c)
+        with _kernels(ctx, "temporal", f, f, b * n * heads):
+            out = F.scaled_dot_product_attention(frames_last(q), frames_last(k), frames_last(v), scale=attn.scale)
+        out = out.transpose(1, 2).reshape(bf, n, c)
     return attn.to_out[1](attn.to_out[0](out)) + output
 
 
@@ -322,6 +390,7 @@ def set_attention_mode(unet: nn.Module, mode: str) -> None:
     ctx.attention = mode
     for block in _transformer_blocks(unet):
         block.attn1.set_processor(AttnProcessor2_0() if mode == "frame" else FrameAttnProcessor(ctx))
+        block.attn2.set_processor(CrossAttnProcessor(ctx))
 
 
 def _mode(kind: str, choices: tuple[str, ...], value: str) -> str:

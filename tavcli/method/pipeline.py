@@ -22,17 +22,18 @@ import torch
 from torch import nn
 
 from tavcli.engine import compiling
-from tavcli.engine.runtime import Runtime, Work, attention_kernel_for, attention_kernels, in_fitting_batches
+from tavcli.engine.runtime import Runtime, Work, attention_kernels, in_fitting_batches
 from tavcli.method import adapters, ddim
 from tavcli.engine.geglu import recompute_geglus
-from tavcli.engine import triton_groupnorm
-from tavcli.method.attention import inflate, use_fast_norm
+from tavcli.engine import triton_groupnorm, triton_temporal
+from tavcli.method.attention import inflate, kernels_chosen, use_fast_norm, use_fast_temporal
 from tavcli.method.denoiser import Denoiser
 from tavcli.method.models import Base, decode_latents, encode_frames, encode_prompts, encoders_parked
 from tavcli.method.params import AdapterSpec, Attention, EditSettings, Scheduler, TuneSettings, partial_steps
 from tavcli.method.tuning import ClipLatents, Loop, TuneState, tune
 
 use_fast_norm(triton_groupnorm.available, triton_groupnorm.clip_group_norm)  # on a GPU, with triton
+use_fast_temporal(triton_temporal.available, triton_temporal.temporal_attention)  # likewise
 
 
 @dataclass
@@ -85,10 +86,15 @@ class TuneAVideo:
     def denoiser(self, runtime: Runtime = Runtime(), work: Work = Work.SAMPLING) -> Denoiser:
         """The sampler's UNet call for these weights, made once per CUDA-graphs setting and attention kernel
         (a capture keeps the kernels it was recorded with)."""
-        key = (runtime.cuda_graphs, attention_kernel_for(runtime.attention_kernel, work))
+        key = (runtime.cuda_graphs, attention_kernels(runtime.attention_kernel, work, self.base.device).key)
         if key not in self._denoisers:
             self._denoisers[key] = Denoiser(self.unet, runtime.cuda_graphs)
         return self._denoisers[key]
+
+    def kernels(self, runtime: Runtime, work: Work) -> contextlib.AbstractContextManager:
+        """The UNet's attention kernels for `work` as `runtime` chooses them, while the context is open."""
+        choice = attention_kernels(runtime.attention_kernel, work, self.base.device)
+        return kernels_chosen(self.unet, choice.sdpa, choice.fused_temporal)
 
     def save_adapter(self, folder: str | Path, dtype: torch.dtype | None = None) -> Path:
         return adapters.save_adapter(self.unet, self.spec, folder, dtype, state=self.tuned_state or None)
@@ -165,7 +171,7 @@ class TuneAVideo:
         schedule = ddim.ddim_schedule(self.base.scheduler_config, steps)
         empty = encode_prompts(self.base, [""])
         upto = None if strength == 1 else partial_steps(strength, steps)
-        with attention_kernels(runtime.attention_kernel, Work.INVERSION, self.base.device):
+        with self.kernels(runtime, Work.INVERSION):
             return ddim.invert(self.denoiser(runtime, Work.INVERSION), mean, empty, schedule, callback, upto)
 
     def generate(self, prompts: list[str], settings: EditSettings = EditSettings(),
@@ -198,7 +204,7 @@ class TuneAVideo:
             generators = [torch.Generator().manual_seed(seed) for seed in seeds]  # CPU: the same on any device
             start = (torch.cat([torch.randn(shape, generator=g) for g in generators]).to(self.base.device)
                      if from_noise else noise.expand(len(seeds), *noise.shape[1:]))
-            with attention_kernels(runtime.attention_kernel, Work.SAMPLING, self.base.device):  # not the VAE's
+            with self.kernels(runtime, Work.SAMPLING):  # the UNet's attention
                 if settings.scheduler == Scheduler.DDIM:
                     draw = ddim.seeded_noise(generators, start) if settings.eta else None
                     latents = ddim.sample(denoise, start, text, uncond, schedule, settings.guidance, callback,

@@ -13,7 +13,7 @@ from torch import nn
 from tavcli.engine.graphs import CudaGraph
 from tavcli.engine.runtime import MasterWeights, Runtime, Work, attention_kernels, autocast_for
 from tavcli.errors import BadInput
-from tavcli.method.attention import video_forward
+from tavcli.method.attention import kernels_chosen, video_forward
 from tavcli.method.params import TuneSettings
 
 
@@ -223,7 +223,8 @@ def tune(
     if resume is not None:
         losses = _restore(resume, optimizer, g, device)
     loop = Loop(unet, optimizer, g, masters, losses)
-    with attention_kernels(runtime.attention_kernel, Work.TUNING, device):  # chosen eagerly, kept by the capture
+    kernels = attention_kernels(runtime.attention_kernel, Work.TUNING, device)
+    with kernels_chosen(unet, kernels.sdpa, kernels.fused_temporal):  # chosen eagerly, kept by the capture
         if resume is not None and between is not None:
             between(loop)  # what the stopped run had not finished at this step (a preview) is done now
         for i in range(len(losses), settings.steps):
