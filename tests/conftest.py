@@ -1,3 +1,8 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from diffusers import UNet2DConditionModel
@@ -40,3 +45,24 @@ def tiny_base(tiny_base_dir):
     from tavcli.method.models import load_base
 
     return load_base(str(tiny_base_dir), device="cpu")
+
+
+# Triton 3.6's interpreter turns a kernel's scalar argument (a 1-element array) into a loop bound with int(),
+# which NumPy 2 refuses; the compiled kernels are unaffected. Taken from the array's one element instead.
+_INTERPRETER_SCALARS = """
+import triton.runtime.interpreter as _interpreter
+_patch = _interpreter._patch_lang_tensor
+def _patch_lang_tensor(tensor, scope):
+    _patch(tensor, scope)
+    scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
+_interpreter._patch_lang_tensor = _patch_lang_tensor
+"""
+
+
+def run_in_triton_interpreter(code: str) -> None:
+    """Run `code` in a subprocess with TRITON_INTERPRET=1 (Triton's kernels on the CPU, by NumPy), from the
+    repository root; it must print `ok` as its last line."""
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    done = subprocess.run([sys.executable, "-c", _INTERPRETER_SCALARS + code], env=env, capture_output=True,
+                          text=True, timeout=600, cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]

@@ -643,7 +643,7 @@ def test_edit_refuses_unusable_paths_before_any_work(cli, home, tmp_path):
         "--out-dir under a file": (("a", "--out-dir", a_file / "sub"), ("--out-dir", "is a file")),
         "-o under a file": (("a", "-o", a_file / "x.mp4"), ("-o", "is a file")),
         "-o an existing folder": (("a", "-o", tmp_path / "a-folder"), ("is a folder", "--out-dir")),
-        "--prompts-file missing": (("--prompts-file", tmp_path / "nope.txt"), ("nope.txt", "not found")),
+        "--prompts-file missing": (("--prompts-file", tmp_path / "nope.txt"), ("nope.txt", "no such file")),
         "--prompts-file a folder": (("--prompts-file", tmp_path / "a-folder"), ("a-folder", "is a folder")),
         "--prompts-file not UTF-8": (("--prompts-file", tmp_path / "latin1.txt"), ("latin1.txt", "not UTF-8")),
     }

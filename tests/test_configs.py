@@ -447,7 +447,7 @@ def test_not_a_config(tmp_path):
     assert "empty" in config_error(write(tmp_path, "# nothing\n"))
     assert "mapping" in config_error(write(tmp_path, "- video: clip.mp4\n"))
     assert "mapping" in config_error(write(tmp_path, "just text\n"))
-    assert "no such config file" in config_error(tmp_path / "missing.yaml")
+    assert "no such file" in config_error(tmp_path / "missing.yaml")
     assert "folder" in config_error(tmp_path)
     message = config_error(write(tmp_path, "video: a.mp4\nprompt: p\nvideo: b.mp4\n"))
     assert "given twice" in message and "lines 1 and 3" in message

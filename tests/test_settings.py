@@ -154,7 +154,7 @@ def test_attention_kernel_auto_is_chosen_per_kind_of_attention_and_work_and_the_
 
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
 
-    def enabled(choice, kind: str, queries: int, keys: int, sequences: int = 64) -> tuple[bool, bool]:
+    def enabled(choice, kind: str, queries: int, keys: int, sequences: int = 64) -> tuple[bool, int]:
         with choice.sdpa(kind, queries, keys, sequences):
             return torch.backends.cuda.cudnn_sdp_enabled(), torch._C._get_sdp_priority_order()[0]
 

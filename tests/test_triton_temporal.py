@@ -7,9 +7,6 @@ kernel, and the hook tests below check with a stand-in that the hook hands the k
 """
 
 import importlib.util
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -18,6 +15,7 @@ import torch.nn.functional as F
 from tavcli.engine import triton_temporal
 from tavcli.method import attention
 from tavcli.method.attention import kernels_chosen
+from tests.conftest import run_in_triton_interpreter
 
 CUDA = torch.cuda.is_available()
 HAS_TRITON = importlib.util.find_spec("triton") is not None
@@ -97,10 +95,7 @@ def test_triton_temporal_attention_in_the_interpreter():
             "for shape in SMALL:\n"
             "    check(shape, torch.float32, 'cpu')\n"
             "print('ok')\n")
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600,
-                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
+    run_in_triton_interpreter(code)
 
 
 def test_temporal_attention_refuses_a_batch_of_partial_clips():

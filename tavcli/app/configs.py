@@ -174,19 +174,25 @@ def _index(node: yaml.Node, prefix: Keys, lines: dict[Keys, int], path: Path, do
             _index(item, prefix + (i,), lines, path, done)
 
 
-def _read(path: Path) -> _Doc:
+def read_text(path: Path, described: str, expected: str) -> str:
+    """A user's text file (UTF-8, a leading BOM dropped), or a one-line BadInput that names it as `described`
+    and says to give `expected` instead."""
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise BadInput(f"{path}: no such config file") from None
+        raise BadInput(f"{described}: no such file; check the path") from None
     except IsADirectoryError:
-        raise BadInput(f"{path} is a folder; pass a .yaml config file") from None
+        raise BadInput(f"{described} is a folder; give {expected}") from None
     except OSError as e:
-        raise BadInput(f"{path}: cannot read the config ({e.strerror or e})") from None
+        raise BadInput(f"{described} cannot be read ({e.strerror or e}); check the path") from None
     try:
-        text = raw.decode("utf-8-sig")
+        return raw.decode("utf-8-sig")
     except UnicodeDecodeError:
-        raise BadInput(f"{path} is not UTF-8 text; pass a .yaml config file") from None
+        raise BadInput(f"{described} is not UTF-8 text; give {expected}, saved as UTF-8") from None
+
+
+def _read(path: Path) -> _Doc:
+    text = read_text(path, f"config {path}", "a .yaml config file")
     loader = yaml.SafeLoader(text)
     try:
         node = loader.get_single_node()

@@ -152,13 +152,13 @@ def compute(store: Store, target: Target, tav: TuneAVideo, read: tuple[np.ndarra
     return KeptInversion.from_json(record, f"inversion '{name}'")
 
 
-def for_edit(store: Store, target: Target, tav: TuneAVideo, name: str | None, runtime: Runtime,
+def for_edit(store: Store, target: Target, tav: TuneAVideo, named: KeptInversion | None, runtime: Runtime,
              reporter: Reporter) -> tuple[torch.Tensor, KeptInversion | None]:
-    """The inversion an edit starts from: `name`, or the one stored at tuning (final adapter), or, for a
-    checkpoint, its own, computed the first time with that checkpoint's model and kept for later edits."""
-    if name is not None:
-        inversion = find(store, target, name)
-        return load_latents(store, target, inversion), inversion
+    """The inversion an edit starts from: the one `named` (`find` it first), or the one stored at tuning
+    (final adapter), or, for a checkpoint, its own, computed the first time with that checkpoint's model and
+    kept for later edits."""
+    if named is not None:
+        return load_latents(store, target, named), named
     if target.final:
         return load_latents(store, target, None), None
     own = f"step-{target.step}"

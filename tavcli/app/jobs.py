@@ -652,7 +652,7 @@ def edit(job: EditJob, store: Store, reporter: Reporter = Reporter(),
         noise = tav.invert(_reference_frames(target, inversion), s.steps, callback=reporter.step,
                            runtime=job.runtime, strength=s.strength)
     else:
-        noise, inversion = (inversions.for_edit(store, target, tav, job.inversion_name, job.runtime, reporter)
+        noise, inversion = (inversions.for_edit(store, target, tav, named, job.runtime, reporter)
                             if s.inversion else (None, None))
     noise = noise.to(base.device) if noise is not None else None
     frames = inversion.frames if inversion is not None else (job.frames or m.video.frames)

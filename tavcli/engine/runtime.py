@@ -67,7 +67,7 @@ class Runtime(Settings):
 # memory-efficient kernel was faster there too (1.15 ms against 1.46) but copies the frames-last views and
 # keeps the copies for backward, +0.33 GiB per 8-frame step. Flash for the smaller levels.
 _CUDNN_FROM = 1 << 24  # query x key tokens of a sparse-causal attention from which `auto` takes cuDNN
-_CUDNN_WORK = ("tuning", "sampling")
+_CUDNN_WORK = (Work.TUNING, Work.SAMPLING)
 _EFFICIENT_FROM = 1 << 15  # sequences of a temporal attention call from which `auto` leaves flash
 
 
@@ -105,7 +105,7 @@ def attention_kernels(kernel: AttentionKernel | str, work: Work, device: torch.d
     efficient = [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.MATH]
 
     def auto(kind: str, queries: int, keys: int, sequences: int) -> contextlib.AbstractContextManager:
-        if kind == "frames" and queries * keys >= _CUDNN_FROM and str(work) in _CUDNN_WORK:
+        if kind == "frames" and queries * keys >= _CUDNN_FROM and work in _CUDNN_WORK:
             return sdpa_kernel(cudnn, set_priority=True)
         if kind == "temporal" and sequences >= _EFFICIENT_FROM:
             return sdpa_kernel(cudnn if work == Work.TUNING else efficient, set_priority=True)

@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import warnings
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -256,30 +257,49 @@ def _store():
     return open_store(on_commit=_SIGNALS.committed)  # reads tav's manifests: typed, migrated, validated
 
 
+@dataclass(frozen=True)
+class _Summary:
+    """One artifact of `tav list --json` (and `tav show --json`'s head): every key in every row; what a
+    damaged entry cannot say is null, and `damaged` says why."""
+
+    id: str | None = None
+    short_id: str | None = None
+    name: str | None = None
+    prompt: str | None = None
+    source: str | None = None
+    frames: int | None = None
+    width: int | None = None
+    height: int | None = None
+    base: str | None = None
+    adapter: str | None = None
+    bytes: int | None = None
+    created: str | None = None
+    edits: int | None = None
+    path: str | None = None
+    damaged: str | None = None
+    checkpoints: list[int] | None = None
+    checkpoint_bytes: int | None = None
+    previews: int | None = None
+
+
 def _artifact_summary(a) -> dict:
     m = Manifest.of(a)
-    return {
-        "id": a.id, "short_id": a.short_id, "name": a.name, "prompt": m.prompt, "source": m.source.path,
-        "frames": m.video.frames, "width": m.video.width, "height": m.video.height,
-        "base": m.base.name, "adapter": str(m.adapter.kind), "bytes": a.size_bytes(),
-        "created": a.created, "edits": len(edits_of(a)), "path": str(a.path), "damaged": None,
-        "checkpoints": [c.step for c in m.checkpoints], "checkpoint_bytes": _bytes_under(m, "checkpoints/"),
-        "previews": len(m.previews),
-    }
+    return asdict(_Summary(
+        id=a.id, short_id=a.short_id, name=a.name, prompt=m.prompt, source=m.source.path,
+        frames=m.video.frames, width=m.video.width, height=m.video.height,
+        base=m.base.name, adapter=str(m.adapter.kind), bytes=a.size_bytes(),
+        created=a.created, edits=len(edits_of(a)), path=str(a.path),
+        checkpoints=[c.step for c in m.checkpoints], checkpoint_bytes=_bytes_under(m, "checkpoints/"),
+        previews=len(m.previews),
+    ))
 
 
 def _bytes_under(m: Manifest, prefix: str) -> int:
     return sum(meta.get("bytes", 0) for rel, meta in m.files.items() if rel.startswith(prefix))
 
 
-_SUMMARY_KEYS = ("id", "short_id", "name", "prompt", "source", "frames", "width", "height", "base", "adapter", "bytes",
-                 "created", "edits", "path", "damaged", "checkpoints", "checkpoint_bytes", "previews")
-
-
 def _damaged_summary(d) -> dict:
-    """A damaged entry of `tav list --json`: the same keys; what cannot be read is null, `damaged` says why."""
-    return dict.fromkeys(_SUMMARY_KEYS) | {"id": d.id, "short_id": d.short_id, "bytes": d.size_bytes(),
-                                           "path": str(d.path), "damaged": d.problem}
+    return asdict(_Summary(id=d.id, short_id=d.short_id, bytes=d.size_bytes(), path=str(d.path), damaged=d.problem))
 
 
 def _human_bytes(n: int) -> str:
@@ -498,17 +518,11 @@ def _seed_list(text: str) -> tuple[int, ...]:
 
 def _prompts_text(prompts_file: str) -> str:
     """The text of --prompts-file ('-': stdin), or one line saying why it cannot be read."""
-    where = "stdin" if prompts_file == "-" else prompts_file
-    try:
-        return sys.stdin.read() if prompts_file == "-" else Path(prompts_file).read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise BadInput(f"--prompts-file {where} is not UTF-8 text; save it as UTF-8 (one prompt a line)") from None
-    except IsADirectoryError:
-        raise BadInput(f"--prompts-file {where} is a folder; give a text file with one prompt a line") from None
-    except FileNotFoundError:
-        raise BadInput(f"--prompts-file {where} not found; check the path") from None
-    except OSError as e:
-        raise BadInput(f"--prompts-file {where} cannot be read ({e.strerror}); check the path") from None
+    from tavcli.app.configs import read_text
+
+    if prompts_file == "-":
+        return sys.stdin.read()
+    return read_text(Path(prompts_file), f"--prompts-file {prompts_file}", "a text file with one prompt a line")
 
 
 @app.command()
