@@ -1,6 +1,7 @@
 """RecomputingGEGLU against diffusers' stock GEGLU: same outputs, same gradients, less kept for backward."""
 
 import copy
+import importlib.util
 
 import pytest
 import torch
@@ -8,6 +9,7 @@ from diffusers.models.activations import GEGLU
 
 from tavcli.engine.geglu import RecomputingGEGLU, recompute_geglus
 from tavcli.method.attention import inflate
+from tests.conftest import run_in_triton_interpreter
 
 
 def _saved_bytes(module, x) -> int:
@@ -70,3 +72,63 @@ def test_tuning_swaps_every_geglu_and_keeps_the_state_dict(tiny_base):
 def test_inflate_alone_keeps_stock_geglus(tiny_unet):
     unet = inflate(tiny_unet())
     assert {type(m) for m in unet.modules() if isinstance(m, GEGLU)} == {GEGLU}
+
+
+# --- the Triton kernels (a GPU runs them; Triton's interpreter where triton is and no GPU; CI has neither) ---
+CUDA = torch.cuda.is_available()
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+# (tokens, d): SD's 64x64 feed-forward at 2 frames, its 8x8 one, and sizes with masked tiles
+KERNEL_SHAPES = [(2 * 4096, 1280), (64, 5120), (13, 24), (300, 260)]
+
+
+def check_kernels(shape, dtype, device):
+    """The kernels' output and [dh, dgate] against fp64, no worse than the PyTorch ops in `dtype`."""
+    from tavcli.engine import geglu
+
+    tokens, d = shape
+    g = torch.Generator().manual_seed(0)
+    proj = (torch.randn(tokens, 2 * d, generator=g) * 2).to(device, dtype)
+    grad = torch.randn(tokens, d, generator=g).to(device, dtype)
+    out, dproj = proj.new_empty(tokens, d), torch.empty_like(proj)
+    geglu._launch(geglu._triton().forward, proj, out)
+    geglu._launch(geglu._triton().backward, proj, grad, dproj)
+    p64 = proj.double().requires_grad_()
+    h, gate = p64.chunk(2, dim=-1)
+    ref = h * torch.nn.functional.gelu(gate)
+    (dref,) = torch.autograd.grad(ref, p64, grad.double())
+    ops = proj.chunk(2, dim=-1)[0] * torch.nn.functional.gelu(proj.chunk(2, dim=-1)[1])
+    rel = lambda a, b: float((a.double() - b).norm() / b.norm())  # noqa: E731
+    floor = 1e-6 if dtype == torch.float32 else 0.0
+    assert rel(out, ref) <= max(1.01 * rel(ops, ref), floor), (rel(out, ref), rel(ops, ref))
+    assert rel(dproj, dref) <= max(8e-3 if dtype == torch.bfloat16 else 0.0, floor), rel(dproj, dref)
+
+
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (the interpreter test below runs the kernels without)")
+@pytest.mark.parametrize("shape", KERNEL_SHAPES)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_geglu_kernels_against_fp64_on_cuda(shape, dtype):
+    check_kernels(shape, dtype, "cuda")
+
+
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+def test_a_recomputing_geglu_on_cuda_runs_the_kernels_and_matches_stock():
+    from tavcli.engine import geglu
+
+    torch.manual_seed(0)
+    stock = GEGLU(320, 1280).cuda()
+    lean = copy.deepcopy(stock)
+    recompute_geglus(lean)
+    x = torch.randn(2, 64, 320, device="cuda", requires_grad=True)
+    assert geglu._fused(lean.proj(x))
+    grads = [torch.autograd.grad((m(x) ** 2).sum(), [x, m.proj.weight]) for m in (stock, lean)]
+    torch.testing.assert_close(lean(x), stock(x), rtol=1e-5, atol=1e-5)
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(CUDA or not HAS_TRITON, reason="the CUDA test runs the kernels; without triton there are none")
+def test_geglu_kernels_in_the_interpreter():
+    run_in_triton_interpreter("import torch; from tests.test_geglu import check_kernels\n"
+                              "for shape in [(13, 24), (300, 260), (16, 512)]:\n"
+                              "    check_kernels(shape, torch.float32, 'cpu')\n"
+                              "print('ok')\n")

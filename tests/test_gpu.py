@@ -68,3 +68,36 @@ def test_encoders_are_parked_on_the_cpu_while_tuning(tiny_base_dir):
     assert where == [("cpu", "cpu")] * 2
     assert (base.vae.device.type, base.text_encoder.device.type) == ("cuda", "cuda")
     assert tav.invert(frames, steps=2).device.type == "cuda"  # and they work there again
+
+
+def test_a_channels_last_unet_on_cuda_computes_what_the_nchw_one_does(tiny_unet):
+    """tavcli.engine.layout on the GPU (the Triton norm's channels-last kernels, the transformers' per-image
+    norm through them): outputs and trained gradients of a step as NCHW's, in fp32; block outputs NHWC."""
+    import copy
+
+    from tavcli.engine import layout, triton_groupnorm
+    from tavcli.method.attention import use_fast_norm, video_forward
+
+    use_fast_norm(triton_groupnorm.available, triton_groupnorm.clip_group_norm)  # as tavcli.method.pipeline does
+    torch.manual_seed(0)
+    nchw = inflate(tiny_unet()).cuda()
+    for name, p in nchw.named_parameters():
+        p.requires_grad_("to_q" in name or "attn_temp" in name)
+    nhwc = copy.deepcopy(nchw)
+    assert layout.use_channels_last(nhwc) and not layout.use_channels_last(inflate(tiny_unet()))  # not on the CPU
+    blocks = []
+    nhwc.up_blocks[-1].register_forward_hook(lambda m, i, o: blocks.append(o))
+    x, text, target = (torch.randn(1, 3, 4, 16, 16, device="cuda"), torch.randn(1, 5, 32, device="cuda"),
+                       torch.randn(1, 3, 4, 16, 16, device="cuda"))
+    results = []
+    for unet in (nchw, nhwc):
+        unet.train()
+        with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):  # no TF32: the layouts' algorithms differ
+            out = video_forward(unet, x, torch.tensor([7], device="cuda"), text)
+            trained = [p for p in unet.parameters() if p.requires_grad]
+            results.append((out, torch.autograd.grad(((out - target) ** 2).mean(), trained)))
+    (want, want_grads), (got, got_grads) = results
+    assert blocks[0].is_contiguous(memory_format=torch.channels_last) and not blocks[0].is_contiguous()
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    for a, b in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)

@@ -6,9 +6,6 @@ kernel to test, and `ClipGroupNorm` takes the PyTorch ops (tests/test_attention.
 """
 
 import importlib.util
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -16,6 +13,7 @@ import torch.nn.functional as F
 
 from tavcli.engine import triton_groupnorm
 from tavcli.method.attention import ClipContext, ClipGroupNorm, clip_group_norm, use_fast_norm
+from tests.conftest import run_in_triton_interpreter
 from tests.test_attention import _five_d_group_norm
 
 CUDA = torch.cuda.is_available()
@@ -37,14 +35,17 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.detach().double() - b.detach()).norm() / b.detach().norm())
 
 
-def check(shape, dtype, silu, device, seed=0):
-    """The kernel's output and gradients (x, weight, bias) against fp64, next to the PyTorch-ops norm's."""
+def check(shape, dtype, silu, device, seed=0, channels_last=False):
+    """The kernel's output and gradients (x, weight, bias) against fp64, next to the PyTorch-ops norm's;
+    with `channels_last`, of channels-last x and output gradient, which the output and dx keep."""
     frames, bf, c, h, w, groups = shape
+    layout = torch.channels_last if channels_last else torch.contiguous_format
     g = torch.Generator().manual_seed(seed)
     x = (torch.randn(bf, c, h, w, generator=g) * 2 + 3).to(device, dtype)  # means off zero: E[x^2]-E[x]^2
     weight = (torch.randn(c, generator=g) * 0.3 + 1).to(device, dtype)
     bias = (torch.randn(c, generator=g) * 0.3).to(device, dtype)
     grad = torch.randn(bf, c, h, w, generator=g).to(device, dtype)
+    x, grad = x.contiguous(memory_format=layout), grad.contiguous(memory_format=layout)
     leaves = [t.clone().requires_grad_() for t in (x, weight, bias)]
     got = triton_groupnorm.clip_group_norm(*leaves[:1], frames, groups, *leaves[1:], 1e-5, silu=silu)
     got_grads = torch.autograd.grad(got, leaves, grad)
@@ -56,6 +57,7 @@ def check(shape, dtype, silu, device, seed=0):
     ops = F.silu(ops) if silu else ops
     ops_grads = torch.autograd.grad(ops, ops_leaves, grad)
     assert got.dtype == dtype and got.shape == x.shape and torch.isfinite(got).all()
+    assert got.is_contiguous(memory_format=layout) and got_grads[0].is_contiguous(memory_format=layout)
     errors = {"y": (_rel(got, ref), _rel(ops, ref))}
     for name, a, b, r in zip(("dx", "dweight", "dbias"), got_grads, ops_grads, ref_grads):
         errors[name] = (_rel(a, r), _rel(b, r))
@@ -66,12 +68,13 @@ def check(shape, dtype, silu, device, seed=0):
 
 
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (the interpreter test below runs the kernels without)")
+@pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("silu", [False, True])
 @pytest.mark.parametrize("shape", SHAPES)
-def test_triton_clip_group_norm_against_fp64_on_cuda(shape, silu):
+def test_triton_clip_group_norm_against_fp64_on_cuda(shape, silu, channels_last):
     dtype = torch.bfloat16 if shape[3] * shape[4] >= 64 else torch.float32
     assert triton_groupnorm.available(torch.empty(1, device="cuda"))
-    check(shape, dtype, silu, "cuda")
+    check(shape, dtype, silu, "cuda", channels_last=channels_last)
 
 
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
@@ -104,11 +107,29 @@ def test_triton_clip_group_norm_replays_in_a_cuda_graph():
 def test_triton_clip_group_norm_in_the_interpreter():
     """The kernels' arithmetic and indexing, run by Triton's interpreter on the CPU in fp32."""
     code = ("import torch; from tests.test_triton_groupnorm import check, SHAPES\n"
-            "for shape in [SHAPES[3], SHAPES[4], (2, 4, 64, 8, 8, 32)]:\n"
+            "for shape in [SHAPES[3], SHAPES[4], (2, 4, 64, 8, 8, 32), (2, 4, 64, 24, 24, 32)]:\n"
             "    for silu in (False, True):\n"
-            "        check(shape, torch.float32, silu, 'cpu')\n"
+            "        for channels_last in (False, True):\n"
+            "            check(shape, torch.float32, silu, 'cpu', channels_last=channels_last)\n"
             "print('ok')\n")
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600,
-                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
+    run_in_triton_interpreter(code)
+
+
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+def test_frame_group_norm_keeps_a_channels_last_input_so_and_is_the_stock_norm():
+    """The transformers' per-image norm of a channels-last UNet (tavcli.engine.layout) runs the kernel."""
+    import copy
+
+    from tavcli.engine import layout
+
+    torch.manual_seed(2)
+    stock = torch.nn.GroupNorm(32, 320, eps=1e-6).cuda()
+    with torch.no_grad():
+        stock.weight.normal_(1, 0.2)
+        stock.bias.normal_(0, 0.2)
+    fast = copy.deepcopy(stock)
+    fast.__class__ = layout.FrameGroupNorm
+    x = (torch.randn(4, 320, 16, 16, device="cuda") * 2 + 1).contiguous(memory_format=torch.channels_last)
+    y = fast(x)
+    assert y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous()
+    torch.testing.assert_close(y, stock(x), rtol=1e-4, atol=1e-4)

@@ -59,20 +59,24 @@ def row_sums(X, DY, STATS, W, B, OUT, rows, hw, c, frames, groups, cg,
 
 
 @triton.jit
-def finalise(SUMS, W, OUT, hw, c, frames, groups, cg, n, eps, BACKWARD: tl.constexpr, BLOCK: tl.constexpr):
-    """Per (clip, group): mean and 1/std (forward); mean of w*dz and of w*dz*x_hat (backward)."""
+def finalise(SUMS, W, OUT, hw, c, frames, groups, cg, n, eps, splits,
+             BACKWARD: tl.constexpr, BLOCK: tl.constexpr):
+    """Per (clip, group): mean and 1/std (forward); mean of w*dz and of w*dz*x_hat (backward). SUMS holds
+    `splits` partial sums per row (of disjoint pixel ranges): (2, splits, rows)."""
     pid = tl.program_id(0)
     clip, g = pid // groups, pid % groups
     rows = (tl.num_programs(0) // groups) * frames * c
     acc1 = tl.zeros([BLOCK], dtype=tl.float32)
     acc2 = tl.zeros([BLOCK], dtype=tl.float32)
-    for start in range(0, frames * cg, BLOCK):
+    per_split = frames * cg
+    for start in range(0, per_split * splits, BLOCK):
         k = start + tl.arange(0, BLOCK)
-        live = k < frames * cg
+        live = k < per_split * splits
+        split, k = k // per_split, k % per_split
         f, j = k // cg, k % cg
-        r = (clip * frames + f) * c + g * cg + j
+        r = split * rows + (clip * frames + f) * c + g * cg + j
         s1 = tl.load(SUMS + r, mask=live, other=0.0)
-        s2 = tl.load(SUMS + rows + r, mask=live, other=0.0)
+        s2 = tl.load(SUMS + rows * splits + r, mask=live, other=0.0)
         if BACKWARD:
             w = tl.load(W + g * cg + j, mask=live, other=0.0).to(tl.float32)
             s1, s2 = s1 * w, s2 * w
@@ -107,6 +111,86 @@ def apply(X, DY, STATS, MEANS, W, B, OUT, rows, hw, c, frames, groups, cg,
     if BACKWARD:
         m1 = tl.load(MEANS + bg, mask=live, other=0.0)[:, None]
         m2 = tl.load(MEANS + total + bg, mask=live, other=0.0)[:, None]
+        dz = _dz(x_hat, tl.load(DY + offs, mask=m, other=0.0).to(tl.float32), w, b, SILU)
+        out = rstd * (w * dz - m1 - x_hat * m2)
+    else:
+        out = x_hat * w + b
+        if SILU:
+            out = out * tl.sigmoid(out)
+    tl.store(OUT + offs, out.to(OUT.dtype.element_ty), mask=m)
+
+
+# --- channels-last (NHWC) activations -------------------------------------------------------------------
+# An image's pixels are rows of C contiguous channels. A program takes one image's [PIXELS, CHANNELS] tile,
+# channels last so that its loads are contiguous; per-channel and per-(clip, group) coefficients are
+# per-column loads. The row sums of a channel are split over pixel ranges of SPLIT pixels, one program each,
+# so that a large image is many programs: (2, splits, images * C) partial sums, which `finalise` adds up.
+
+
+@triton.jit
+def _nhwc_channels(image, cblock, c, frames, groups, cg, CHANNELS: tl.constexpr):
+    """A tile's channels, their mask, their row (image * c + channel) and (clip, group) index."""
+    ch = cblock * CHANNELS + tl.arange(0, CHANNELS)
+    return ch, ch < c, image * c + ch, (image // frames) * groups + ch // cg
+
+
+@triton.jit
+def _nhwc_offsets(image, pixel0, ch, live_c, hw, c, PIXELS: tl.constexpr):
+    """A [PIXELS, CHANNELS] tile's offsets and mask."""
+    px = pixel0 + tl.arange(0, PIXELS)
+    m = (px < hw)[:, None] & live_c[None, :]
+    return image.to(tl.int64) * hw * c + px.to(tl.int64)[:, None] * c + ch[None, :], m
+
+
+@triton.jit
+def row_sums_nhwc(X, DY, STATS, W, B, OUT, rows, hw, c, frames, groups, cg,
+                  PIXELS: tl.constexpr, CHANNELS: tl.constexpr, SPLIT: tl.constexpr,
+                  BACKWARD: tl.constexpr, SILU: tl.constexpr):
+    """Per channel of an image, over this program's SPLIT pixels: sum x and sum x^2 (forward); sum dz and sum
+    dz*x_hat (backward)."""
+    image, split, cblock = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    ch, live_c, row, bg = _nhwc_channels(image, cblock, c, frames, groups, cg, CHANNELS)
+    acc1 = tl.zeros([PIXELS, CHANNELS], dtype=tl.float32)
+    acc2 = tl.zeros([PIXELS, CHANNELS], dtype=tl.float32)
+    if BACKWARD:
+        total = (rows // (frames * c)) * groups
+        mean = tl.load(STATS + bg, mask=live_c, other=0.0)[None, :]
+        rstd = tl.load(STATS + total + bg, mask=live_c, other=0.0)[None, :]
+        w = tl.load(W + ch, mask=live_c, other=0.0).to(tl.float32)[None, :]
+        b = tl.load(B + ch, mask=live_c, other=0.0).to(tl.float32)[None, :]
+    for start in range(0, SPLIT, PIXELS):
+        offs, m = _nhwc_offsets(image, split * SPLIT + start, ch, live_c, hw, c, PIXELS)
+        x = tl.load(X + offs, mask=m, other=0.0).to(tl.float32)
+        if BACKWARD:
+            x_hat = (x - mean) * rstd
+            dz = _dz(x_hat, tl.load(DY + offs, mask=m, other=0.0).to(tl.float32), w, b, SILU)
+            dz = tl.where(m, dz, 0.0)
+            acc1 += dz
+            acc2 += dz * x_hat
+        else:
+            acc1 += x
+            acc2 += x * x
+    splits = tl.num_programs(1)
+    tl.store(OUT + split * rows + row, tl.sum(acc1, 0), mask=live_c)
+    tl.store(OUT + (splits + split) * rows + row, tl.sum(acc2, 0), mask=live_c)
+
+
+@triton.jit
+def apply_nhwc(X, DY, STATS, MEANS, W, B, OUT, rows, hw, c, frames, groups, cg,
+               PIXELS: tl.constexpr, CHANNELS: tl.constexpr, BACKWARD: tl.constexpr, SILU: tl.constexpr):
+    """`apply` on a channels-last tile."""
+    image, pblock, cblock = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    ch, live_c, _row, bg = _nhwc_channels(image, cblock, c, frames, groups, cg, CHANNELS)
+    offs, m = _nhwc_offsets(image, pblock * PIXELS, ch, live_c, hw, c, PIXELS)
+    total = (rows // (frames * c)) * groups
+    mean = tl.load(STATS + bg, mask=live_c, other=0.0)[None, :]
+    rstd = tl.load(STATS + total + bg, mask=live_c, other=0.0)[None, :]
+    w = tl.load(W + ch, mask=live_c, other=0.0).to(tl.float32)[None, :]
+    b = tl.load(B + ch, mask=live_c, other=0.0).to(tl.float32)[None, :]
+    x_hat = (tl.load(X + offs, mask=m, other=0.0).to(tl.float32) - mean) * rstd
+    if BACKWARD:
+        m1 = tl.load(MEANS + bg, mask=live_c, other=0.0)[None, :]
+        m2 = tl.load(MEANS + total + bg, mask=live_c, other=0.0)[None, :]
         dz = _dz(x_hat, tl.load(DY + offs, mask=m, other=0.0).to(tl.float32), w, b, SILU)
         out = rstd * (w * dz - m1 - x_hat * m2)
     else:

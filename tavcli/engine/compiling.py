@@ -29,7 +29,7 @@ def compile_regions(unet: nn.Module, mode: str | None = None, backend: str = "in
     torch._dynamo.config.accumulated_recompile_limit = max(torch._dynamo.config.accumulated_recompile_limit, 512)
     wrapped = 0
     for module in unet.modules():
-        if type(module).__name__ in REGIONS:
+        if any(cls.__name__ in REGIONS for cls in type(module).__mro__):  # and tav's subclasses (engine.layout)
             module.compile(backend=backend, mode=mode, dynamic=False)
             wrapped += 1
     return wrapped

@@ -3,14 +3,43 @@
 Stock GEGLU keeps both its projection and gelu(gate) for backward: at 8 frames of 512x512 that is 2.07
 of the 7.57 GiB a tuning step keeps (benchmarks/saved_tensors.py on an H200, docs/performance.md). The
 gelu is one cheap elementwise pass, so backward recomputes it from the projection it keeps anyway.
+
+On a GPU both directions are one Triton kernel each (`_geglu_kernels`): the PyTorch ops are two passes
+forward (gelu, multiply) and five backward (gelu, two multiplies, gelu_backward, cat), each a full read
+and write of a (B*F, tokens, 4*C) tensor; the kernels read the projection (and the gradient) once and
+write once, in fp32 arithmetic rounded once. The CPU (the reference) and `torch.compile` keep the ops.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 import torch.nn.functional as F
 from diffusers.models.activations import GEGLU
 from torch import nn
+
+_ROWS, _COLS = 8, 256  # a tile of 2048 outputs: 256 contiguous columns of 8 rows
+
+
+@functools.cache
+def _triton():
+    """The kernels' module, or None where triton is not importable (torch's CPU builds come without it)."""
+    try:
+        from tavcli.engine import _geglu_kernels
+    except ImportError:
+        return None
+    return _geglu_kernels
+
+
+def _fused(proj: torch.Tensor) -> bool:
+    return proj.is_cuda and proj.is_contiguous() and not torch.compiler.is_compiling() and _triton() is not None
+
+
+def _launch(kernel, proj: torch.Tensor, *tensors: torch.Tensor) -> None:
+    d = proj.shape[-1] // 2
+    rows = proj.numel() // (2 * d)
+    kernel[(-(-rows // _ROWS), -(-d // _COLS))](proj, *tensors, rows, d, ROWS=_ROWS, COLS=_COLS)
 
 
 class _GatedGelu(torch.autograd.Function):
@@ -18,13 +47,21 @@ class _GatedGelu(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, proj: torch.Tensor) -> torch.Tensor:
-        h, gate = proj.chunk(2, dim=-1)
         ctx.save_for_backward(proj)
+        if _fused(proj):
+            out = proj.new_empty(*proj.shape[:-1], proj.shape[-1] // 2)
+            _launch(_triton().forward, proj, out)
+            return out
+        h, gate = proj.chunk(2, dim=-1)
         return h * F.gelu(gate)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         (proj,) = ctx.saved_tensors
+        if _fused(proj):
+            dproj = torch.empty_like(proj)
+            _launch(_triton().backward, proj, grad.contiguous(), dproj)
+            return dproj
         h, gate = proj.chunk(2, dim=-1)
         # one cat, as autograd's own backward of chunk does
         return torch.cat([grad * F.gelu(gate), torch.ops.aten.gelu_backward(grad * h, gate)], dim=-1)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +25,7 @@ from tavcli.engine import compiling
 from tavcli.engine.runtime import Runtime, Work, attention_kernels, in_fitting_batches
 from tavcli.method import adapters, ddim
 from tavcli.engine.geglu import recompute_geglus
+from tavcli.engine.layout import use_channels_last
 from tavcli.engine import triton_groupnorm, triton_temporal
 from tavcli.method.attention import inflate, kernels_chosen, use_fast_norm, use_fast_temporal
 from tavcli.method.denoiser import Denoiser
@@ -59,6 +60,7 @@ class TuneAVideo:
         """Inflate the base's UNet in place (as `spec` says) and make `spec`'s parameters trainable."""
         inflate(base.unet, attention=spec.attention, norm=spec.norm, seed=spec.temporal_seed)
         recompute_geglus(base.unet)  # same outputs and gradients, a third less kept for backward in the FFs
+        use_channels_last(base.unet)  # on a GPU: no layout conversions around every convolution
         return cls(base, spec, adapters.attach(base.unet, spec))
 
     @classmethod
@@ -71,6 +73,7 @@ class TuneAVideo:
             spec = spec.replace(attention=attention)
         inflate(base.unet, attention=spec.attention, norm=spec.norm, seed=spec.temporal_seed)
         recompute_geglus(base.unet)
+        use_channels_last(base.unet)
         adapters.load_adapter(base.unet, folder, scale=scale)
         base.unet.to(base.dtype)
         return cls(base, spec, [], tuned_state={})
@@ -83,18 +86,17 @@ class TuneAVideo:
             self._denoisers.clear()
         return self
 
-    def denoiser(self, runtime: Runtime = Runtime(), work: Work = Work.SAMPLING) -> Denoiser:
-        """The sampler's UNet call for these weights, made once per CUDA-graphs setting and attention kernel
-        (a capture keeps the kernels it was recorded with)."""
-        key = (runtime.cuda_graphs, attention_kernels(runtime.attention_kernel, work, self.base.device).key)
+    @contextlib.contextmanager
+    def denoising(self, runtime: Runtime = Runtime(), work: Work = Work.SAMPLING) -> Iterator[Denoiser]:
+        """The sampler's UNet call for these weights, with the attention kernels `runtime` chooses for `work`
+        set while the context is open. Made once per CUDA-graphs setting and kernel choice: a capture keeps
+        the kernels it was recorded with, and serves every later call of its shapes."""
+        choice = attention_kernels(runtime.attention_kernel, work, self.base.device)
+        key = (runtime.cuda_graphs, choice.key)
         if key not in self._denoisers:
             self._denoisers[key] = Denoiser(self.unet, runtime.cuda_graphs)
-        return self._denoisers[key]
-
-    def kernels(self, runtime: Runtime, work: Work) -> contextlib.AbstractContextManager:
-        """The UNet's attention kernels for `work` as `runtime` chooses them, while the context is open."""
-        choice = attention_kernels(runtime.attention_kernel, work, self.base.device)
-        return kernels_chosen(self.unet, choice.sdpa, choice.fused_temporal)
+        with kernels_chosen(self.unet, choice.sdpa, choice.fused_temporal):
+            yield self._denoisers[key]
 
     def save_adapter(self, folder: str | Path, dtype: torch.dtype | None = None) -> Path:
         return adapters.save_adapter(self.unet, self.spec, folder, dtype, state=self.tuned_state or None)
@@ -171,8 +173,8 @@ class TuneAVideo:
         schedule = ddim.ddim_schedule(self.base.scheduler_config, steps)
         empty = encode_prompts(self.base, [""])
         upto = None if strength == 1 else partial_steps(strength, steps)
-        with self.kernels(runtime, Work.INVERSION):
-            return ddim.invert(self.denoiser(runtime, Work.INVERSION), mean, empty, schedule, callback, upto)
+        with self.denoising(runtime, Work.INVERSION) as denoise:
+            return ddim.invert(denoise, mean, empty, schedule, callback, upto)
 
     def generate(self, prompts: list[str], settings: EditSettings = EditSettings(),
                  noise: torch.Tensor | None = None, frames: int = 8, height: int = 512, width: int = 512,
@@ -198,13 +200,12 @@ class TuneAVideo:
         f = self.base.vae_factor
         shape = (1, frames, 4, height // f, width // f)
         uncond = encode_prompts(self.base, [settings.negative_prompt])
-        denoise = self.denoiser(runtime)  # one capture serves every prompt
 
         def render(text: torch.Tensor, seeds: tuple[int, ...]) -> np.ndarray:
             generators = [torch.Generator().manual_seed(seed) for seed in seeds]  # CPU: the same on any device
             start = (torch.cat([torch.randn(shape, generator=g) for g in generators]).to(self.base.device)
                      if from_noise else noise.expand(len(seeds), *noise.shape[1:]))
-            with self.kernels(runtime, Work.SAMPLING):  # the UNet's attention
+            with self.denoising(runtime) as denoise:  # one capture serves every prompt
                 if settings.scheduler == Scheduler.DDIM:
                     draw = ddim.seeded_noise(generators, start) if settings.eta else None
                     latents = ddim.sample(denoise, start, text, uncond, schedule, settings.guidance, callback,
