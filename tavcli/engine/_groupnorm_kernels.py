@@ -28,6 +28,21 @@ def _dz(z_hat, dy, w, b, SILU: tl.constexpr):
 
 
 @triton.jit
+def _normalise(X, DY, OUT, offs, m, mean, rstd, w, b, m1, m2, BACKWARD: tl.constexpr, SILU: tl.constexpr):
+    """One tile of `apply`, its coefficients loaded: y = [silu](w*x_hat + b), or dx from the backward's
+    per-(clip, group) means m1 = mean(w*dz), m2 = mean(w*dz*x_hat)."""
+    x_hat = (tl.load(X + offs, mask=m, other=0.0).to(tl.float32) - mean) * rstd
+    if BACKWARD:
+        dz = _dz(x_hat, tl.load(DY + offs, mask=m, other=0.0).to(tl.float32), w, b, SILU)
+        out = rstd * (w * dz - m1 - x_hat * m2)
+    else:
+        out = x_hat * w + b
+        if SILU:
+            out = out * tl.sigmoid(out)
+    tl.store(OUT + offs, out.to(OUT.dtype.element_ty), mask=m)
+
+
+@triton.jit
 def row_sums(X, DY, STATS, W, B, OUT, rows, hw, c, frames, groups, cg,
              ROWS: tl.constexpr, COLS: tl.constexpr, BACKWARD: tl.constexpr, SILU: tl.constexpr):
     """Per row: sum x and sum x^2 (forward); sum dz and sum dz*x_hat (backward)."""
@@ -107,17 +122,13 @@ def apply(X, DY, STATS, MEANS, W, B, OUT, rows, hw, c, frames, groups, cg,
     col = tl.program_id(1) * COLS + tl.arange(0, COLS)[None, :]
     m = live[:, None] & (col < hw)
     offs = r.to(tl.int64)[:, None] * hw + col
-    x_hat = (tl.load(X + offs, mask=m, other=0.0).to(tl.float32) - mean) * rstd
     if BACKWARD:
         m1 = tl.load(MEANS + bg, mask=live, other=0.0)[:, None]
         m2 = tl.load(MEANS + total + bg, mask=live, other=0.0)[:, None]
-        dz = _dz(x_hat, tl.load(DY + offs, mask=m, other=0.0).to(tl.float32), w, b, SILU)
-        out = rstd * (w * dz - m1 - x_hat * m2)
     else:
-        out = x_hat * w + b
-        if SILU:
-            out = out * tl.sigmoid(out)
-    tl.store(OUT + offs, out.to(OUT.dtype.element_ty), mask=m)
+        m1 = mean
+        m2 = mean
+    _normalise(X, DY, OUT, offs, m, mean, rstd, w, b, m1, m2, BACKWARD, SILU)
 
 
 # --- channels-last (NHWC) activations -------------------------------------------------------------------
@@ -187,14 +198,10 @@ def apply_nhwc(X, DY, STATS, MEANS, W, B, OUT, rows, hw, c, frames, groups, cg,
     rstd = tl.load(STATS + total + bg, mask=live_c, other=0.0)[None, :]
     w = tl.load(W + ch, mask=live_c, other=0.0).to(tl.float32)[None, :]
     b = tl.load(B + ch, mask=live_c, other=0.0).to(tl.float32)[None, :]
-    x_hat = (tl.load(X + offs, mask=m, other=0.0).to(tl.float32) - mean) * rstd
     if BACKWARD:
         m1 = tl.load(MEANS + bg, mask=live_c, other=0.0)[None, :]
         m2 = tl.load(MEANS + total + bg, mask=live_c, other=0.0)[None, :]
-        dz = _dz(x_hat, tl.load(DY + offs, mask=m, other=0.0).to(tl.float32), w, b, SILU)
-        out = rstd * (w * dz - m1 - x_hat * m2)
     else:
-        out = x_hat * w + b
-        if SILU:
-            out = out * tl.sigmoid(out)
-    tl.store(OUT + offs, out.to(OUT.dtype.element_ty), mask=m)
+        m1 = mean
+        m2 = mean
+    _normalise(X, DY, OUT, offs, m, mean, rstd, w, b, m1, m2, BACKWARD, SILU)
