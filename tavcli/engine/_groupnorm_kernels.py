@@ -28,6 +28,18 @@ def _dz(z_hat, dy, w, b, SILU: tl.constexpr):
 
 
 @triton.jit
+def _accumulate(X, DY, offs, m, mean, rstd, w, b, acc1, acc2, BACKWARD: tl.constexpr, SILU: tl.constexpr):
+    """One tile of `row_sums`: acc1 += x, acc2 += x^2 (forward); acc1 += dz, acc2 += dz*x_hat (backward)."""
+    x = tl.load(X + offs, mask=m, other=0.0).to(tl.float32)
+    if BACKWARD:
+        x_hat = (x - mean) * rstd
+        dz = _dz(x_hat, tl.load(DY + offs, mask=m, other=0.0).to(tl.float32), w, b, SILU)
+        dz = tl.where(m, dz, 0.0)
+        return acc1 + dz, acc2 + dz * x_hat
+    return acc1 + x, acc2 + x * x
+
+
+@triton.jit
 def _normalise(X, DY, OUT, offs, m, mean, rstd, w, b, m1, m2, BACKWARD: tl.constexpr, SILU: tl.constexpr):
     """One tile of `apply`, its coefficients loaded: y = [silu](w*x_hat + b), or dx from the backward's
     per-(clip, group) means m1 = mean(w*dz), m2 = mean(w*dz*x_hat)."""
@@ -56,19 +68,15 @@ def row_sums(X, DY, STATS, W, B, OUT, rows, hw, c, frames, groups, cg,
         rstd = tl.load(STATS + total + bg, mask=live, other=0.0)[:, None]
         w = tl.load(W + ch, mask=live, other=0.0).to(tl.float32)[:, None]
         b = tl.load(B + ch, mask=live, other=0.0).to(tl.float32)[:, None]
+    else:  # the forward sums x and x^2 only
+        mean = 0.0
+        rstd = 0.0
+        w = 0.0
+        b = 0.0
     for start in range(0, hw, COLS):
         col = start + tl.arange(0, COLS)[None, :]
         m = live[:, None] & (col < hw)
-        x = tl.load(X + base + col, mask=m, other=0.0).to(tl.float32)
-        if BACKWARD:
-            x_hat = (x - mean) * rstd
-            dz = _dz(x_hat, tl.load(DY + base + col, mask=m, other=0.0).to(tl.float32), w, b, SILU)
-            dz = tl.where(m, dz, 0.0)
-            acc1 += dz
-            acc2 += dz * x_hat
-        else:
-            acc1 += x
-            acc2 += x * x
+        acc1, acc2 = _accumulate(X, DY, base + col, m, mean, rstd, w, b, acc1, acc2, BACKWARD, SILU)
     tl.store(OUT + r, tl.sum(acc1, 1), mask=live)
     tl.store(OUT + rows + r, tl.sum(acc2, 1), mask=live)
 
@@ -169,18 +177,14 @@ def row_sums_nhwc(X, DY, STATS, W, B, OUT, rows, hw, c, frames, groups, cg,
         rstd = tl.load(STATS + total + bg, mask=live_c, other=0.0)[None, :]
         w = tl.load(W + ch, mask=live_c, other=0.0).to(tl.float32)[None, :]
         b = tl.load(B + ch, mask=live_c, other=0.0).to(tl.float32)[None, :]
+    else:  # the forward sums x and x^2 only
+        mean = 0.0
+        rstd = 0.0
+        w = 0.0
+        b = 0.0
     for start in range(0, SPLIT, PIXELS):
         offs, m = _nhwc_offsets(image, split * SPLIT + start, ch, live_c, hw, c, PIXELS)
-        x = tl.load(X + offs, mask=m, other=0.0).to(tl.float32)
-        if BACKWARD:
-            x_hat = (x - mean) * rstd
-            dz = _dz(x_hat, tl.load(DY + offs, mask=m, other=0.0).to(tl.float32), w, b, SILU)
-            dz = tl.where(m, dz, 0.0)
-            acc1 += dz
-            acc2 += dz * x_hat
-        else:
-            acc1 += x
-            acc2 += x * x
+        acc1, acc2 = _accumulate(X, DY, offs, m, mean, rstd, w, b, acc1, acc2, BACKWARD, SILU)
     splits = tl.num_programs(1)
     tl.store(OUT + split * rows + row, tl.sum(acc1, 0), mask=live_c)
     tl.store(OUT + (splits + split) * rows + row, tl.sum(acc2, 0), mask=live_c)
