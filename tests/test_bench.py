@@ -31,6 +31,7 @@ def test_tiny_bench_times_the_jobs_users_run(tmp_path, monkeypatch):
     # three prompts take longer than one; the fresh processes ran (their JSON parsed) and were timed
     assert out["edit_prompts_s"] > out["edit_warm_s"] and out["edit_prompts_peak_gib"] is None  # no GPU: null
     assert out["fresh_tune_s"] > 0 and out["fresh_edit_s"] > 0
+    assert all(isinstance(n, int) and n > 0 for n in out["uncached_modules"].values())
     # a strength-0.5 edit samples half the steps (after its partial inversion); one preview was timed
     assert out["edit_strength_s"] > 0 and out["preview_s"] > 0 and out["settings"]["edit_strength"] == 0.5
 
@@ -89,3 +90,40 @@ def test_a_figure_bench_cannot_compute_is_null_not_nan(tmp_path, monkeypatch):
     out = _strict_json(result.stdout)
     assert out["tune_ms_per_step"] is None and out["projected_300_steps_s"] is None
     assert out["inversion_ms_per_step"] is None and out["inversion_s"] > 0
+
+
+def test_bench_counts_the_imported_modules_a_fresh_process_compiles_again(tmp_path, monkeypatch):
+    import importlib
+    import py_compile
+    import sys
+
+    from tavcli.app.progress import Reporter
+    from tavcli.faces.bench import _warn_uncached, uncached_modules
+
+    package = tmp_path / "tav_probe_package"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "leaf.py").write_text("VALUE = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)  # as PYTHONDONTWRITEBYTECODE=1 would
+    try:
+        importlib.import_module("tav_probe_package.leaf")
+        assert uncached_modules()["tav_probe_package"] == 2
+        leaf = str(package / "leaf.py")
+        py_compile.compile(leaf, cfile=importlib.util.cache_from_source(leaf))  # what compileall writes
+        assert uncached_modules()["tav_probe_package"] == 1
+
+        class Notes(Reporter):
+            lines: list[str] = []
+
+            def log(self, message: str) -> None:
+                self.lines.append(message)
+
+        _warn_uncached({"tav_probe_package": 1}, Notes())
+        assert len(Notes.lines) == 1 and "1 imported modules" in Notes.lines[0]
+        assert f"compileall -q {tmp_path}" in Notes.lines[0]
+        _warn_uncached({}, Notes())
+        assert len(Notes.lines) == 1  # nothing uncached: nothing said
+    finally:
+        for name in [n for n in sys.modules if n.startswith("tav_probe_package")]:
+            del sys.modules[name]

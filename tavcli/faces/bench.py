@@ -6,7 +6,9 @@ are the real ones; `tiny` is a CPU smoke test of the same path.
 
 from __future__ import annotations
 
+import os
 import statistics
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -201,6 +203,29 @@ def _fresh_process(tmp: Path, clip: Path, base: Path, settings: BenchSettings) -
     return {"fresh_tune_s": tune_s, "fresh_edit_s": edit_s}
 
 
+def uncached_modules() -> dict[str, int]:
+    """Per top-level package, how many of the modules this process imported have no cached bytecode (most
+    first): a fresh process compiles each of them again, seconds of every `tav` command where an image sets
+    PYTHONDONTWRITEBYTECODE or installed its packages without bytecode (pip writes it by default)."""
+    counts: dict[str, int] = {}
+    for name, module in list(sys.modules.items()):
+        source, cached = getattr(module, "__file__", None), getattr(module, "__cached__", None)
+        if isinstance(source, str) and isinstance(cached, str) and source.endswith(".py") \
+                and not os.path.exists(cached):  # (a module may be an object: torch.ops' namespaces)
+            top = name.partition(".")[0]
+            counts[top] = counts.get(top, 0) + 1
+    return dict(sorted(counts.items(), key=lambda item: -item[1]))
+
+
+def _warn_uncached(counts: dict[str, int], reporter: Reporter) -> None:
+    if counts:
+        top = next(iter(counts))
+        folder = Path(sys.modules[top].__file__).parent.parent
+        reporter.log(f"note: {sum(counts.values())} imported modules have no cached bytecode ({counts[top]} of "
+                     f"them {top}'s), so each fresh process compiles them again; `python -m compileall -q "
+                     f"{folder}` once (and PYTHONDONTWRITEBYTECODE unset) removes that cost")
+
+
 def run(settings: BenchSettings, reporter: Reporter = Reporter()) -> dict:
     """Tune once, edit twice (the first edit in the process, then another); with `compile`, once more of
     each after dropping the compiled code from memory, so that inductor's on-disk cache serves them, as it
@@ -273,7 +298,9 @@ def run(settings: BenchSettings, reporter: Reporter = Reporter()) -> dict:
             if clock.preview_started is not None and clock.preview_done is not None:
                 out["preview_s"] = round(clock.preview_done - clock.preview_started, 2)
         out["fresh_tune_s"] = out["fresh_edit_s"] = None
+        out["uncached_modules"] = uncached_modules()  # what a fresh process compiles before its first step
         if settings.fresh_tune_steps:
+            _warn_uncached(out["uncached_modules"], reporter)
             reporter.stage(Stage.TUNING, f"(a fresh `tav tune`, {settings.fresh_tune_steps} steps)")
             out |= _fresh_process(Path(tmp), clip, base, settings)
     return out
