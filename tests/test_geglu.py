@@ -43,19 +43,49 @@ def test_recomputing_geglu_matches_stock_outputs_and_gradients(dtype):
         torch.testing.assert_close(a, b, atol=0, rtol=0)  # the same operations, in the same order
 
 
-def test_recomputing_geglu_keeps_a_third_less():
+def test_recomputing_geglu_keeps_a_third_less_with_trained_weights_and_only_its_input_with_frozen_ones():
     torch.manual_seed(0)
     stock = GEGLU(64, 256)
     lean = copy.deepcopy(stock)
     recompute_geglus(lean)
+    x = torch.randn(2, 128, 64, requires_grad=True)
+    proj = 2 * 128 * 512 * 4  # the projection, fp32
+    assert _saved_bytes(lean, x) == proj + x.nbytes  # the projection, and its input for the weights' gradient
     for p in [*stock.parameters(), *lean.parameters()]:
         p.requires_grad_(False)  # frozen, as in tuning: only activations are kept
-    x = torch.randn(2, 128, 64, requires_grad=True)
-    kept_stock = _saved_bytes(stock, x)
-    kept_lean = _saved_bytes(lean, x)
-    proj = 2 * 128 * 512 * 4  # the projection, fp32: what both must keep
-    assert kept_lean == proj
-    assert kept_stock == proj + proj // 2  # stock also keeps gelu(gate)
+    assert _saved_bytes(stock, x) == proj + proj // 2  # stock keeps the projection and gelu(gate)
+    assert _saved_bytes(lean, x) == x.nbytes  # an eighth of the projection: backward recomputes it
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_recomputing_geglu_with_frozen_weights_gives_the_same_input_gradient(dtype):
+    torch.manual_seed(0)
+    stock = GEGLU(16, 24).to(dtype).requires_grad_(False)
+    lean = copy.deepcopy(stock)
+    recompute_geglus(lean)
+    x = torch.randn(3, 5, 16, dtype=dtype, requires_grad=True)
+    y = torch.randn(3, 5, 24, dtype=dtype)
+    out_stock, out_lean = stock(x), lean(x)
+    assert torch.equal(out_stock, out_lean)
+    (g_stock,) = torch.autograd.grad((out_stock * y).sum(), [x])
+    (g_lean,) = torch.autograd.grad((out_lean * y).sum(), [x])
+    torch.testing.assert_close(g_lean, g_stock, atol=0, rtol=0)  # the same operations, in the same order
+
+
+def test_recomputing_geglu_recomputes_under_the_forwards_autocast():
+    torch.manual_seed(0)
+    stock = GEGLU(16, 24).requires_grad_(False)  # fp32 weights, bf16 compute: the fp16/bf16 autocast path
+    lean = copy.deepcopy(stock)
+    recompute_geglus(lean)
+    x = torch.randn(3, 5, 16, requires_grad=True)
+    grads = []
+    for module in (stock, lean):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = module(x)
+        assert out.dtype == torch.bfloat16
+        grads.append(torch.autograd.grad(out.float().square().sum(), [x])[0])  # backward outside the autocast
+    assert grads[1].dtype == torch.float32
+    torch.testing.assert_close(grads[1], grads[0], atol=0, rtol=0)
 
 
 def test_tuning_swaps_every_geglu_and_keeps_the_state_dict(tiny_base):
@@ -132,3 +162,18 @@ def test_geglu_kernels_in_the_interpreter():
                               "for shape in [(13, 24), (300, 260), (16, 512)]:\n"
                               "    check_kernels(shape, torch.float32, 'cpu')\n"
                               "print('ok')\n")
+
+
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+def test_a_frozen_recomputing_geglu_on_cuda_keeps_only_its_input_and_matches_stock_in_bf16():
+    torch.manual_seed(0)
+    stock = GEGLU(320, 1280).cuda().to(torch.bfloat16).requires_grad_(False)
+    lean = copy.deepcopy(stock)
+    recompute_geglus(lean)
+    x = torch.randn(2, 4096, 320, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    assert _saved_bytes(lean, x) == x.nbytes
+    out_stock, out_lean = stock(x), lean(x)
+    torch.testing.assert_close(out_lean, out_stock, rtol=1.6e-2, atol=1e-2)  # the kernel rounds once, in fp32
+    (g_stock,) = torch.autograd.grad(out_stock.float().square().sum(), [x])
+    (g_lean,) = torch.autograd.grad(out_lean.float().square().sum(), [x])
+    assert ((g_lean - g_stock).norm() / g_stock.norm()).item() < 1e-2  # bf16 roundings apart, no more

@@ -80,3 +80,42 @@ def test_fingerprint_follows_the_weights_not_the_folder(tmp_path, tiny_base_dir)
     data[-1] ^= 0xFF
     weights.write_bytes(bytes(data))
     assert fingerprint(str(copy)) != fingerprint(str(tiny_base_dir))
+
+
+def test_fingerprint_ignores_what_a_library_stamps_into_a_config_but_not_a_setting(tmp_path, tiny_base_dir):
+    import json
+
+    from tavcli.method.models import fingerprint_matches
+
+    copy = shutil.copytree(tiny_base_dir, tmp_path / "resaved")
+    config = copy / "text_encoder" / "config.json"
+    before = config.read_text()
+    settings = json.loads(before) | {"transformers_version": "0.0.1", "_name_or_path": "/elsewhere"}
+    config.write_text(json.dumps(settings, indent=4))  # re-saved by another version, laid out another way
+    unet = copy / "unet" / "config.json"
+    unet.write_text(unet.read_text().replace('"_diffusers_version": "', '"_diffusers_version": "9'))
+    assert fingerprint(copy) == fingerprint(tiny_base_dir)
+    assert fingerprint_matches(copy, fingerprint(tiny_base_dir))
+
+    config.write_text(json.dumps(settings | {"layer_norm_eps": 1e-6}))  # a setting is the model
+    assert fingerprint(copy) != fingerprint(tiny_base_dir)
+    assert not fingerprint_matches(copy, fingerprint(tiny_base_dir)) and not fingerprint_matches(copy, None)
+
+
+def test_a_fingerprint_recorded_before_the_stamps_were_ignored_still_matches_its_folder(tmp_path, tiny_base_dir):
+    import hashlib
+
+    from tavcli.method.models import fingerprint_matches
+
+    h = hashlib.sha256()  # as tav recorded it until 2026-12-04: every file's bytes, configs' stamps included
+    for path in sorted(p for c in ("unet", "vae", "text_encoder") for p in (tiny_base_dir / c).iterdir()):
+        data = path.read_bytes()
+        h.update(f"{path.parent.name}/{path.name}:{len(data)}\n".encode() + data[:1 << 20] + data[-(1 << 20):])
+    legacy = h.hexdigest()
+    assert legacy != fingerprint(tiny_base_dir)  # a stamp-free fingerprint is another hash
+    assert fingerprint_matches(tiny_base_dir, legacy)
+    config = tiny_base_dir / "text_encoder" / "config.json"
+    copy = shutil.copytree(tiny_base_dir, tmp_path / "other-stamp")
+    stamped = copy / "text_encoder" / "config.json"
+    stamped.write_text(config.read_text().replace('"transformers_version": "', '"transformers_version": "1'))
+    assert not fingerprint_matches(copy, legacy)  # the old scheme saw the stamp (so its record tells)

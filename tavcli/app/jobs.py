@@ -489,11 +489,14 @@ def identity(base, name: str | None = None) -> BaseIdentity:
     return BaseIdentity.from_json(found, "base")
 
 
-def same_base(identity: BaseIdentity, recorded: BaseIdentity) -> bool:
-    """Whether two identities name the same weights: by the whole file's sha256 where one was recorded, else
-    by the folder's fingerprint."""
-    key = "sha256" if recorded.sha256 is not None else "fingerprint"
-    return getattr(identity, key) is not None and getattr(identity, key) == getattr(recorded, key)
+def same_base(base, recorded: BaseIdentity) -> bool:
+    """Whether `base` has the weights `recorded` names: by the whole file's sha256 where one was recorded, else
+    by the folder's fingerprint (`models.fingerprint_matches`: older artifacts' records too)."""
+    from tavcli.method.models import fingerprint_matches
+
+    if recorded.sha256 is not None:
+        return identity(base).sha256 == recorded.sha256
+    return base.checkpoint is None and fingerprint_matches(base.folder, recorded.fingerprint)
 
 
 def load_recorded_base(artifact: Artifact, name: str | None, config: str | None, force: bool, device: str,
@@ -510,7 +513,7 @@ def load_recorded_base(artifact: Artifact, name: str | None, config: str | None,
     single_file = Path(base_name).suffix.lower() in (".safetensors", ".ckpt")
     base = load_base(builtin.locate(base_name), device, dtype,
                      config=config or (recorded.config if single_file else None))
-    if not force and not same_base(identity(base), recorded):
+    if not force and not same_base(base, recorded):
         what = "sha256" if recorded.sha256 is not None else "weights' fingerprint"
         if name is None or os.path.abspath(Path(name).expanduser()) == recorded.name:
             raise BadInput(f"{base_name} has changed since {artifact.short_id} was tuned on it (its {what} differs); "

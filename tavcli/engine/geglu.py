@@ -8,6 +8,11 @@ On a GPU both directions are one Triton kernel each (`_geglu_kernels`): the PyTo
 forward (gelu, multiply) and five backward (gelu, two multiplies, gelu_backward, cat), each a full read
 and write of a (B*F, tokens, 4*C) tensor; the kernels read the projection (and the gradient) once and
 write once, in fp32 arithmetic rounded once. The CPU (the reference) and `torch.compile` keep the ops.
+
+Where the projection's weights are frozen (tuning: only the attention's queries and the temporal attention
+train), even the projection is not kept: the block's input, an eighth of its size, is, and backward
+recomputes the projection from it, one GEMM that costs less than the memory it frees (docs/performance.md,
+round 6: at 24 frames the feed-forwards' share of what a step keeps was what put it over 20 GiB).
 """
 
 from __future__ import annotations
@@ -48,12 +53,7 @@ class _GatedGelu(torch.autograd.Function):
     @staticmethod
     def forward(ctx, proj: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(proj)
-        if _fused(proj):
-            out = proj.new_empty(*proj.shape[:-1], proj.shape[-1] // 2)
-            _launch(_triton().forward, proj, out)
-            return out
-        h, gate = proj.chunk(2, dim=-1)
-        return h * F.gelu(gate)
+        return _gated_gelu(proj)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
@@ -67,11 +67,54 @@ class _GatedGelu(torch.autograd.Function):
         return torch.cat([grad * F.gelu(gate), torch.ops.aten.gelu_backward(grad * h, gate)], dim=-1)
 
 
+def _gated_gelu(proj: torch.Tensor) -> torch.Tensor:
+    if _fused(proj):
+        out = proj.new_empty(*proj.shape[:-1], proj.shape[-1] // 2)
+        _launch(_triton().forward, proj, out)
+        return out
+    h, gate = proj.chunk(2, dim=-1)
+    return h * F.gelu(gate)
+
+
+class _ProjectedGatedGelu(torch.autograd.Function):
+    """h * gelu(gate) for [h, gate] = linear(x, weight, bias) with both frozen, saving only x: backward
+    recomputes the projection (under the autocast the forward ran in) and returns x's gradient alone."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        kind = x.device.type
+        ctx.autocast = (kind, torch.is_autocast_enabled(kind), torch.get_autocast_dtype(kind))
+        ctx.save_for_backward(x, weight, bias)
+        return _gated_gelu(F.linear(x, weight, bias))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        x, weight, bias = ctx.saved_tensors
+        kind, enabled, dtype = ctx.autocast
+        with torch.autocast(kind, dtype=dtype, enabled=enabled):
+            proj = F.linear(x, weight, bias)
+        dproj = _GatedGelu.backward(_Saved(proj), grad)
+        return dproj.matmul(weight.to(dproj.dtype)).to(x.dtype), None, None
+
+
+class _Saved:
+    """A stand-in ctx holding `proj`, so that _GatedGelu's backward serves the recomputed projection too."""
+
+    def __init__(self, proj: torch.Tensor) -> None:
+        self.saved_tensors = (proj,)
+
+
 class RecomputingGEGLU(GEGLU):
-    """diffusers' GEGLU (same weights, same output) whose backward recomputes gelu(gate)."""
+    """diffusers' GEGLU (same weights, same output) whose backward recomputes gelu(gate), and the projection
+    too where its weights are frozen."""
 
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        return _GatedGelu.apply(self.proj(hidden_states))
+        proj = self.proj
+        frozen = type(proj) is nn.Linear and not proj.weight.requires_grad and (
+            proj.bias is None or not proj.bias.requires_grad)
+        if frozen and hidden_states.requires_grad and torch.is_grad_enabled() and not torch.compiler.is_compiling():
+            return _ProjectedGatedGelu.apply(hidden_states, proj.weight, proj.bias)
+        return _GatedGelu.apply(proj(hidden_states))
 
 
 def recompute_geglus(model: nn.Module) -> int:

@@ -154,6 +154,7 @@ _PACKAGE = Path(__file__).resolve().parents[1]  # tavcli/
 def run() -> None:
     """The `tav` program."""
     _SIGNALS.whole_process = True
+    _share_distribution_map()
     try:
         app(prog_name="tav")
         code = 0
@@ -162,15 +163,35 @@ def run() -> None:
     _exit(code)
 
 
+def _share_distribution_map() -> None:
+    """diffusers and transformers each map import names to installed distributions as they import
+    (`importlib.metadata.packages_distributions`, which reads every distribution's file list: about a second
+    with the 150 packages of the H200 machine); nothing is installed while tav runs, so one reading serves
+    both, each given its own copy."""
+    import importlib.metadata as metadata
+
+    if getattr(metadata.packages_distributions, "_tav_shared", False):
+        return
+    read_once = functools.cache(metadata.packages_distributions)
+
+    def packages_distributions() -> dict[str, list[str]]:
+        return {name: list(dists) for name, dists in read_once().items()}
+
+    packages_distributions._tav_shared = True
+    metadata.packages_distributions = packages_distributions
+
+
 def _exit(code: int | str | None) -> None:
     """End the process without Python's teardown of the thousands of modules torch and diffusers import (0.6 s
     on a 2-core CPU, 2 s on an H200 machine, after every command), once the exit hooks have run and the output
-    is flushed; with a thread still running or output that cannot be flushed, the ordinary exit."""
+    is flushed; the ordinary exit with a thread still running, output that cannot be flushed, a profiler or
+    coverage watching (they write their files after the program returns) or TAV_DEBUG set."""
     if not isinstance(code, int):  # sys.exit(None) or sys.exit("a message"), read as Python reads them
         if code is not None:
             print(code, file=sys.stderr)
         code = 0 if code is None else 1
-    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+    if _watched() or any(t.is_alive() and not t.daemon for t in threading.enumerate()
+                         if t is not threading.main_thread()):
         sys.exit(code)  # Python joins such a thread first
     atexit._run_exitfuncs()  # what the ordinary exit runs first: torch's and logging's hooks, temp dirs' removal
     try:
@@ -179,6 +200,13 @@ def _exit(code: int | str | None) -> None:
     except (OSError, ValueError):  # a closed pipe (`tav list | head -1`): as Python reports it
         sys.exit(code)
     os._exit(code)
+
+
+def _watched() -> bool:
+    """Is a profiler, a tracer (coverage, a debugger) or TAV_DEBUG watching this process?"""
+    monitoring = getattr(sys, "monitoring", None)  # Python 3.12's tools: coverage's sysmon core
+    tools = monitoring and any(monitoring.get_tool(i) for i in range(6))
+    return bool(sys.gettrace() or sys.getprofile() or tools or os.environ.get("TAV_DEBUG"))
 
 
 def _errors(fn):

@@ -481,8 +481,9 @@ def base_identity(base: Base, sha256: str | None = None) -> dict:
 
 def matches_identity(base: Base, recorded: dict) -> bool:
     """Whether `base` has the weights that `recorded` (a stored base_identity) describes."""
-    key = "sha256" if "sha256" in recorded else "fingerprint"
-    return base_identity(base).get(key) == recorded.get(key)
+    if "sha256" in recorded:
+        return base.checkpoint is not None and base_identity(base)["sha256"] == recorded["sha256"]
+    return base.checkpoint is None and fingerprint_matches(base.folder, recorded.get("fingerprint"))
 
 
 def _read_json(path: Path) -> dict:
@@ -523,15 +524,39 @@ def decode_latents(base: Base, latents: torch.Tensor) -> np.ndarray:
     return x.permute(0, 2, 3, 1).unflatten(0, (b, f)).cpu().numpy()
 
 
+# What a library writes into a config about itself, not about the model: re-saving the same weights with
+# another diffusers or transformers, or from another folder, changes only these.
+_CONFIG_STAMPS = ("_diffusers_version", "transformers_version", "_name_or_path")
+
+
 def fingerprint(folder: str | Path) -> str:
-    """A cheap identity of a base's weights: configs, weight file sizes and their first and last MiB.
+    """A cheap identity of a base's weights: its configs' settings, weight file sizes and their first and
+    last MiB.
 
     Hashing whole multi-GB files would cost seconds per edit; this still tells two different models (or a
-    fine-tune of one) apart, and a copy of the same model in another folder gives the same answer.
+    fine-tune of one) apart, and a copy of the same model in another folder, or saved by another library
+    version, gives the same answer.
     """
-    folder = Path(folder)
+    return _fingerprint(Path(folder), stamps=False)
+
+
+def fingerprint_matches(folder: str | Path, recorded: str | None) -> bool:
+    """Whether a recorded fingerprint is this folder's: as tav records it now, or as it did before 2026-12-04
+    (the configs' bytes, library version stamps included), so that older artifacts still find their base."""
+    return recorded is not None and recorded in (fingerprint(folder), _fingerprint(Path(folder), stamps=True))
+
+
+def _fingerprint(folder: Path, stamps: bool) -> str:
+    import json
+
     h = hashlib.sha256()
     for path in sorted(p for c in ("unet", "vae", "text_encoder") for p in (folder / c).iterdir() if p.is_file()):
+        if path.suffix == ".json" and not stamps:
+            settings = {k: v for k, v in json.loads(path.read_text()).items() if k not in _CONFIG_STAMPS}
+            data = json.dumps(settings, sort_keys=True).encode()
+            h.update(f"{path.parent.name}/{path.name}:{len(data)}\n".encode())
+            h.update(data)
+            continue
         h.update(f"{path.parent.name}/{path.name}:{path.stat().st_size}\n".encode())
         with path.open("rb") as f:
             h.update(f.read(1 << 20))
