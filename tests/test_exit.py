@@ -79,19 +79,3 @@ def test_a_profiler_watching_gets_the_ordinary_exit_so_it_can_write_its_file(tmp
     assert done.returncode == 0, done.stderr
     assert profile.stat().st_size > 0 and (tmp_path / "teardown-ran").exists()
 
-
-def test_tav_reads_the_installed_distributions_once_for_both_libraries_that_ask(monkeypatch):
-    import importlib.metadata
-
-    from tavcli.faces import cli
-
-    reads = []
-    monkeypatch.setattr(importlib.metadata, "packages_distributions",
-                        lambda: reads.append(1) or {"PIL": ["pillow"], "yaml": ["PyYAML"]})
-    cli._share_distribution_map()
-    cli._share_distribution_map()  # a second `run()` in the process (tests): not wrapped twice
-    first = importlib.metadata.packages_distributions()
-    first["PIL"].append("changed by its caller")
-    second = importlib.metadata.packages_distributions()
-    assert reads == [1]  # read once
-    assert second == {"PIL": ["pillow"], "yaml": ["PyYAML"]}  # each caller has its own copy

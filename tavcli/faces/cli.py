@@ -154,31 +154,12 @@ _PACKAGE = Path(__file__).resolve().parents[1]  # tavcli/
 def run() -> None:
     """The `tav` program."""
     _SIGNALS.whole_process = True
-    _share_distribution_map()
     try:
         app(prog_name="tav")
         code = 0
     except SystemExit as e:
         code = e.code
     _exit(code)
-
-
-def _share_distribution_map() -> None:
-    """diffusers and transformers each map import names to installed distributions as they import
-    (`importlib.metadata.packages_distributions`, which reads every distribution's file list: about a second
-    with the 150 packages of the H200 machine); nothing is installed while tav runs, so one reading serves
-    both, each given its own copy."""
-    import importlib.metadata as metadata
-
-    if getattr(metadata.packages_distributions, "_tav_shared", False):
-        return
-    read_once = functools.cache(metadata.packages_distributions)
-
-    def packages_distributions() -> dict[str, list[str]]:
-        return {name: list(dists) for name, dists in read_once().items()}
-
-    packages_distributions._tav_shared = True
-    metadata.packages_distributions = packages_distributions
 
 
 def _exit(code: int | str | None) -> None:
