@@ -26,14 +26,14 @@ class ClipLatents:
     text: torch.Tensor  # (1, 77, D)
 
 
-# Fitted on an H100 with bf16 master weights (10.91 GiB at 8 frames, 26.27 at 24), rounded up: activations
-# of one 512x512 frame for backward, and what weights, optimizer state and workspace take besides. Since
-# measured on an H200: 9.73 and 23.51 GiB (docs/performance.md), so these now leave more headroom.
-_GIB_PER_FRAME_512 = 1.0
-_GIB_FIXED = 3.5
+# Fitted on an H200 (`tav bench`, 2026-12-04, docs/performance.md round 6: 8.35 GiB at 8 frames, 19.37 at
+# 24, so 0.69 GiB per frame and 2.84 besides), rounded up: activations of one 512x512 frame for backward, and
+# what weights, optimizer state and workspace take besides.
+_GIB_PER_FRAME_512 = 0.75
+_GIB_FIXED = 3.0
 
 
-_PER_FRAME_LOW_MEMORY = 0.25  # the same with gradient checkpointing: 4.46 GiB at 8 frames, 8.17 at 24 (H200)
+_PER_FRAME_LOW_MEMORY = 0.25  # the same with gradient checkpointing: 4.30 GiB at 8 frames, 7.68 at 24 (H200)
 _SD_WIDTH = 320  # SD v1's first UNet block's channels, which the figures above are for
 
 
