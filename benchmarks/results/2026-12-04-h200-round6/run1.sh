@@ -24,9 +24,9 @@ tm "random base and clip" python3 -c "
 from pathlib import Path; from tavcli.app import builtin
 print(builtin.locate('random:sd-v1')); builtin.synthetic_clip(Path('/tmp/clip.mp4'), 8, 512)" > /tmp/base.txt
 BASE=$(tail -1 /tmp/base.txt)
-timeout 120 python3 $R/stamp.py python3 -m tavcli tune /tmp/clip.mp4 "a man is skiing" --base random:sd-v1 --frames 8 --size 512 --steps 300 --json > $OUT/fresh-tune-timeline.txt 2>&1
+timeout 120 python3 benchmarks/stamp.py python3 -m tavcli tune /tmp/clip.mp4 "a man is skiing" --base random:sd-v1 --frames 8 --size 512 --steps 300 --json > $OUT/fresh-tune-timeline.txt 2>&1
 ID=$(grep -o 'stored [0-9a-f]*' $OUT/fresh-tune-timeline.txt | cut -d' ' -f2)
-timeout 80 python3 $R/stamp.py python3 -m tavcli edit $ID "a panda is skiing" --out-dir /tmp/edits --json > $OUT/fresh-edit-timeline.txt 2>&1
+timeout 80 python3 benchmarks/stamp.py python3 -m tavcli edit $ID "a panda is skiing" --out-dir /tmp/edits --json > $OUT/fresh-edit-timeline.txt 2>&1
 tail -3 $OUT/fresh-tune-timeline.txt $OUT/fresh-edit-timeline.txt
 B="--fresh-tune-steps 0 --edit-prompts 0 --no-preview --edit-strength 1 --json"
 timeout 150 python3 -m tavcli bench --frames 24 $B > $OUT/bench24.json 2>> $OUT/log.txt

@@ -16,8 +16,8 @@ python3 -X importtime -c 'import torch; from diffusers import AutoencoderKL, UNe
 cat $OUT/times.txt $OUT/fresh_start.jsonl
 tm "tav bench --json" timeout 300 python3 -m tavcli bench --json > $OUT/bench8.json 2>> $OUT/log.txt
 python3 -c "from pathlib import Path; from tavcli.app import builtin; builtin.synthetic_clip(Path('/tmp/clip.mp4'), 8, 512)"
-timeout 90 python3 $R/stamp.py python3 -m tavcli tune /tmp/clip.mp4 "a man is skiing" --base random:sd-v1 --frames 8 --size 512 --steps 300 > $OUT/fresh-tune-timeline.txt 2>&1
+timeout 90 python3 benchmarks/stamp.py python3 -m tavcli tune /tmp/clip.mp4 "a man is skiing" --base random:sd-v1 --frames 8 --size 512 --steps 300 > $OUT/fresh-tune-timeline.txt 2>&1
 ID=$(grep -o 'stored [0-9a-f]*' $OUT/fresh-tune-timeline.txt | cut -d' ' -f2)
-timeout 60 python3 $R/stamp.py python3 -m tavcli edit $ID "a panda is skiing" --out-dir /tmp/edits > $OUT/fresh-edit-timeline.txt 2>&1
+timeout 60 python3 benchmarks/stamp.py python3 -m tavcli edit $ID "a panda is skiing" --out-dir /tmp/edits > $OUT/fresh-edit-timeline.txt 2>&1
 cat $OUT/fresh-tune-timeline.txt $OUT/fresh-edit-timeline.txt; tail -n 4 $OUT/log.txt; cat $OUT/times.txt
 python3 -c "import json; d = json.load(open('$OUT/bench8.json')); d.pop('settings', None); print(d)"

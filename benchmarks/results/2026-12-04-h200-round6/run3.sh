@@ -10,9 +10,9 @@ timeout 300 python3 -m tavcli bench --json > $OUT/bench8.json 2> $OUT/log.txt
 python3 -c "from pathlib import Path; from tavcli.app import builtin; builtin.synthetic_clip(Path('/tmp/clip.mp4'), 8, 512)"
 T=$OUT/timelines.txt
 for i in 1 2; do
-  timeout 90 python3 $R/stamp.py python3 -m tavcli tune /tmp/clip.mp4 "a man is skiing" --base random:sd-v1 --frames 8 --size 512 --steps 300 > /tmp/tl.txt 2>&1
+  timeout 90 python3 benchmarks/stamp.py python3 -m tavcli tune /tmp/clip.mp4 "a man is skiing" --base random:sd-v1 --frames 8 --size 512 --steps 300 > /tmp/tl.txt 2>&1
   cat /tmp/tl.txt >> $T; ID=$(grep -o 'stored [0-9a-f]*' /tmp/tl.txt | cut -d' ' -f2)
-  timeout 60 python3 $R/stamp.py python3 -m tavcli edit $ID "a panda is skiing" --out-dir /tmp/edits >> $T 2>&1
+  timeout 60 python3 benchmarks/stamp.py python3 -m tavcli edit $ID "a panda is skiing" --out-dir /tmp/edits >> $T 2>&1
 done
 timeout 60 python3 -m cProfile -o /tmp/tune.prof -m tavcli tune /tmp/clip.mp4 "a man is skiing" --base random:sd-v1 --frames 8 --size 512 --steps 20 --quiet >> $OUT/log.txt 2>&1
 python3 $R/profile_stats.py /tmp/tune.prof > $OUT/tune-profile.txt 2>&1

@@ -1,4 +1,7 @@
-"""Run a command; print each line of its stderr with the seconds since it started (a stage timeline)."""
+"""Run a command; print each line of its stderr with the seconds since it started (a stage timeline):
+
+    python benchmarks/stamp.py python -m tavcli tune clip.mp4 "a man is skiing"
+"""
 import subprocess
 import sys
 import time
