@@ -58,13 +58,7 @@ class _GatedGelu(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         (proj,) = ctx.saved_tensors
-        if _fused(proj):
-            dproj = torch.empty_like(proj)
-            _launch(_triton().backward, proj, grad.contiguous(), dproj)
-            return dproj
-        h, gate = proj.chunk(2, dim=-1)
-        # one cat, as autograd's own backward of chunk does
-        return torch.cat([grad * F.gelu(gate), torch.ops.aten.gelu_backward(grad * h, gate)], dim=-1)
+        return _gated_gelu_grad(proj, grad)
 
 
 def _gated_gelu(proj: torch.Tensor) -> torch.Tensor:
@@ -74,6 +68,17 @@ def _gated_gelu(proj: torch.Tensor) -> torch.Tensor:
         return out
     h, gate = proj.chunk(2, dim=-1)
     return h * F.gelu(gate)
+
+
+def _gated_gelu_grad(proj: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """The gradient with respect to proj = [h, gate] of h * gelu(gate), given the output's."""
+    if _fused(proj):
+        dproj = torch.empty_like(proj)
+        _launch(_triton().backward, proj, grad.contiguous(), dproj)
+        return dproj
+    h, gate = proj.chunk(2, dim=-1)
+    # one cat, as autograd's own backward of chunk does
+    return torch.cat([grad * F.gelu(gate), torch.ops.aten.gelu_backward(grad * h, gate)], dim=-1)
 
 
 class _ProjectedGatedGelu(torch.autograd.Function):
@@ -93,15 +98,8 @@ class _ProjectedGatedGelu(torch.autograd.Function):
         kind, enabled, dtype = ctx.autocast
         with torch.autocast(kind, dtype=dtype, enabled=enabled):
             proj = F.linear(x, weight, bias)
-        dproj = _GatedGelu.backward(_Saved(proj), grad)
+        dproj = _gated_gelu_grad(proj, grad)
         return dproj.matmul(weight.to(dproj.dtype)).to(x.dtype), None, None
-
-
-class _Saved:
-    """A stand-in ctx holding `proj`, so that _GatedGelu's backward serves the recomputed projection too."""
-
-    def __init__(self, proj: torch.Tensor) -> None:
-        self.saved_tensors = (proj,)
 
 
 class RecomputingGEGLU(GEGLU):
