@@ -13,10 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from tavcli.app import refs
 from tavcli.app.manifest import Checkpoint, Manifest, edits_of, open_store
 from tavcli.errors import BadInput
+from tavcli.method.params import FrameSampling
 from tavcli.method.metrics import psnr
 from tests.test_cli import (
     PROMPT,
@@ -205,3 +207,47 @@ def test_a_tune_with_checkpoints_edits_each_kept_step(cli, tmp_path, monkeypatch
     assert [c["inversion"] for c in _show(cli, "kept")["checkpoints"]] == [True, False]
     r = cli("prune", "kept")
     assert r.code == 0 and _show(cli, "kept")["checkpoints"] == [], r.stderr
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+def _invert_again(cli, home, ref: str, name: str) -> torch.Tensor:
+    """`tav invert REF` with the tuning's own 5 steps, its latents."""
+    from safetensors.torch import load_file
+
+    r = cli("invert", ref, "--steps", "5", "--name", name, "--json", "-q")
+    assert r.code == 0, r.stderr
+    again = json.loads(r.stdout)
+    assert again["source"] == "source.mp4" and again["steps"] == 5
+    return load_file(open_store(home).resolve(ref).path / again["file"])["latents"]
+
+
+def test_a_re_inversion_reads_the_very_frames_tuning_read_and_gives_back_its_inversion(cli, home, tmp_path):
+    """`tav invert` with the tuning's settings gives back the inversion tuning stored, to float round-off (the
+    adapter is reloaded as base + delta), where an inversion of the H.264 copy is far off; so are strength < 1
+    edits and `--reconstruct`, which invert the same frames."""
+    from safetensors.torch import load_file
+
+    from tavcli.app import inversions
+    from tavcli.method.video import read_video
+
+    store = open_store(home)
+    target = refs.resolve(store, "two")
+    m = target.manifest
+    kept = inversions.tuned_frames(target)
+    from_mp4 = read_video(target.artifact.file("source.mp4"), FrameSampling(frames=m.video.frames), m.video.width,
+                          m.video.height).frames
+    assert kept.shape == from_mp4.shape and kept.dtype == np.uint8
+    assert not np.array_equal(kept, from_mp4)  # H.264 moved some levels: the mp4 is not what tuning read
+    stored = load_file(target.artifact.file(inversions.LATENTS))["latents"]
+    assert _rel(_invert_again(cli, home, "two", "again"), stored) < 1e-3  # 1.6e-4 on 2026-12-04
+
+    with store.staging() as stage:  # the same artifact as tav wrote it before 2026-12-04: source.mp4 alone
+        shutil.copytree(target.artifact.path, stage, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("manifest.json", "*.jsonl", "added", inversions.SOURCE_FRAMES))
+        store.commit(stage, m.to_json() | {"name": "older"})
+    assert not refs.resolve(store, "older").manifest.has_file(inversions.SOURCE_FRAMES)
+    assert np.array_equal(inversions.tuned_frames(refs.resolve(store, "older")), from_mp4)  # read as before
+    assert _rel(_invert_again(cli, home, "older", "again"), stored) > 1e-2  # 0.62: the tiny VAE is sensitive

@@ -13,6 +13,7 @@ with the manifest in `tav_export.json`, so `tav import folder` gives back the ve
     vae/ text_encoder/ tokenizer/ scheduler/   the base's (not in a --light folder)
     inversion.safetensors  source.mp4          the clip's DDIM inversion and the clip
     samples/*.gif  README.md  tav_export.json  previews, the model card, what `tav import` reads
+    tav/                                       the artifact's other files (source.safetensors: the exact frames)
 
 Every manifest field read here is read in `_card_fields`.
 """

@@ -2,10 +2,11 @@
 inversion of a checkpoint, computed the first time it is edited. Both are kept with the artifact (the store's
 `added/`), named, and reused by later edits.
 
-Which frames are inverted: the artifact's own copy of the tuned frames (`source.mp4`) when the request is
-the tuned sampling; otherwise the original clip, when it is still at its recorded path with its recorded
-sha256, or the video the user passes with `--video`. `source.mp4` is an encoded copy, so an inversion of it
-differs slightly from the one tuning made from the decoded frames (docs/method.md).
+Which frames are inverted: the artifact's own copy of the tuned frames when the request is the tuned
+sampling (`source.safetensors`, the very frames tuning read; an artifact made before 2026-12-04 has only
+`source.mp4`, an H.264 copy, whose inversion differs slightly from tuning's: docs/method.md); otherwise the
+original clip, when it is still at its recorded path with its recorded sha256, or the video the user passes
+with `--video`.
 """
 
 from __future__ import annotations
@@ -30,6 +31,33 @@ if TYPE_CHECKING:
     from tavcli.method.pipeline import TuneAVideo
 
 LATENTS = "inversion.safetensors"
+SOURCE_FRAMES = "source.safetensors"  # the tuned frames, exactly (uint8); source.mp4 is their copy to watch
+
+
+def write_source(stage: Path, frames: np.ndarray, fps: float) -> None:
+    """The tuned frames into an artifact being staged: `source.mp4` to watch, and `source.safetensors` so that
+    a later inversion reads the very frames tuning read (H.264's yuv420p moves them by a few levels)."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    from tavcli.method.video import write_video
+
+    write_video(stage / "source.mp4", frames, fps)
+    save_file({"frames": np.ascontiguousarray(frames)}, stage / SOURCE_FRAMES)
+
+
+def tuned_frames(target: Target) -> np.ndarray:
+    """The frames the artifact was tuned on (F, H, W, 3) uint8: exactly where it keeps them, else decoded from
+    its `source.mp4`."""
+    m: Manifest = target.manifest
+    if m.has_file(SOURCE_FRAMES):
+        from safetensors.numpy import load_file
+
+        return load_file(target.artifact.file(SOURCE_FRAMES))["frames"]
+    from tavcli.method.video import read_video
+
+    return read_video(target.artifact.file("source.mp4"), FrameSampling(frames=m.video.frames), m.video.width,
+                      m.video.height, m.video.resize).frames
 
 
 @dataclass(frozen=True)
@@ -96,8 +124,7 @@ def source_frames(target: Target, sampling: FrameSampling | None, video: Path | 
     m: Manifest = target.manifest
     size = (m.video.width, m.video.height, m.video.resize)
     if video is None and (sampling is None or sampling == _tuned_sampling(m)) and m.has_file("source.mp4"):
-        clip = read_video(target.artifact.file("source.mp4"), FrameSampling(frames=m.video.frames), *size)
-        return clip.frames, m.source.indices, "source.mp4"
+        return tuned_frames(target), m.source.indices, "source.mp4"  # the label names the artifact's copy
     sampling = sampling or _tuned_sampling(m)
     if video is None:
         recorded = Path(m.source.path) if m.source.path else None

@@ -403,12 +403,12 @@ def _tune_manifest(job: TuneJob, clip, recorded_base: BaseIdentity, base, second
 def _commit(store: Store, tav, noise, clip, manifest: Manifest, run: ActiveRun) -> Artifact:
     from safetensors.torch import save_file
 
-    from tavcli.method.video import write_video
+    from tavcli.app.inversions import write_source
 
     with store.staging() as stage:
         tav.save_adapter(stage / "adapter")
         save_file({"latents": noise.float().cpu().contiguous()}, stage / "inversion.safetensors")
-        write_video(stage / "source.mp4", clip.frames, manifest.video.fps)
+        write_source(stage, clip.frames, manifest.video.fps)
         run.link_into(stage)
         return store.commit(stage, manifest.to_json())
 
@@ -629,7 +629,6 @@ def edit(job: EditJob, store: Store, reporter: Reporter = Reporter(),
     from tavcli.app import inversions, refs
     from tavcli.engine.runtime import resolve_device
     from tavcli.method.metrics import psnr
-    from tavcli.method.video import read_video
 
     target = refs.resolve(store, job.ref)
     artifact, m = target.artifact, target.manifest
@@ -661,8 +660,7 @@ def edit(job: EditJob, store: Store, reporter: Reporter = Reporter(),
     frames = inversion.frames if inversion is not None else (job.frames or m.video.frames)
     settings = job.settings.replace(guidance=1.0) if job.reconstruct else job.settings
     prompts = (m.prompt,) if job.reconstruct else job.prompts
-    source = read_video(artifact.file("source.mp4"), FrameSampling(frames=m.video.frames),
-                        m.video.width, m.video.height).frames if job.grid else None
+    source = inversions.tuned_frames(target) if job.grid else None
     reference = _reference_frames(target, inversion) if job.reconstruct else None
     fps = job.fps or m.video.fps
     results: list[EditResult] = []

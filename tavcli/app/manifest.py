@@ -205,7 +205,8 @@ class KeptInversion(Record):
     indices: tuple[int, ...]  # the source frames it holds
     start: int  # ... as read: `frames` from `start`, every `stride`-th (None: spread over the clip)
     stride: int | None
-    source: str  # "source.mp4" (the artifact's copy of the tuned frames) or the video file read
+    source: str  # "source.mp4" (the artifact's copy of the tuned frames: source.safetensors where kept) or the
+    # video file read
     file: str  # the latents, e.g. "added/<name>/inversion.safetensors"
     created: str
     files: dict[str, dict] = field(default_factory=dict, compare=False)

@@ -56,7 +56,8 @@ def import_official(job: ImportOfficialJob, store: Store, reporter: Reporter = R
     from tavcli.method.adapters import save_adapter
     from tavcli.method.attention import inflate
     from tavcli.method.models import load_base, sha256_file
-    from tavcli.method.video import read_video, write_video
+    from tavcli.app.inversions import write_source
+    from tavcli.method.video import read_video
 
     store.check_name(job.name)
     reporter.stage(Stage.READING, str(job.folder))
@@ -117,7 +118,7 @@ def import_official(job: ImportOfficialJob, store: Store, reporter: Reporter = R
         if latent is not None:
             save_file({"latents": latent.float().contiguous()}, stage / "inversion.safetensors")
         if clip is not None:
-            write_video(stage / "source.mp4", clip.frames, fps)
+            write_source(stage, clip.frames, fps)
         return store.commit(stage, manifest.to_json())
 
 
