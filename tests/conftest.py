@@ -1,3 +1,4 @@
+import importlib.util
 import os
 import subprocess
 import sys
@@ -57,6 +58,26 @@ def _patch_lang_tensor(tensor, scope):
     scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
 _interpreter._patch_lang_tensor = _patch_lang_tensor
 """
+
+
+CUDA = torch.cuda.is_available()
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+# A kernel test's two runs: compiled on a CUDA GPU, or in Triton's interpreter where triton is and no GPU.
+kernels_on_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (the interpreter test runs the kernels "
+                                     "without)")
+kernels_in_interpreter = pytest.mark.skipif(CUDA or not HAS_TRITON, reason="the CUDA test runs the kernels; "
+                                            "without triton there are none")
+
+
+def on_cuda_per_shape_and_dtype(shapes: list) -> callable:
+    """A kernel's CUDA test, once per shape in `shapes` and per dtype (bf16, fp32), skipped without a GPU."""
+    def mark(test):
+        for decorate in (pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32]),
+                         pytest.mark.parametrize("shape", shapes), kernels_on_cuda):
+            test = decorate(test)
+        return test
+    return mark
 
 
 def run_in_triton_interpreter(code: str) -> None:

@@ -1,7 +1,6 @@
 """RecomputingGEGLU against diffusers' stock GEGLU: same outputs, same gradients, less kept for backward."""
 
 import copy
-import importlib.util
 
 import pytest
 import torch
@@ -9,7 +8,12 @@ from diffusers.models.activations import GEGLU
 
 from tavcli.engine.geglu import RecomputingGEGLU, recompute_geglus
 from tavcli.method.attention import inflate
-from tests.conftest import run_in_triton_interpreter
+from tests.conftest import (
+    kernels_in_interpreter,
+    needs_cuda,
+    on_cuda_per_shape_and_dtype,
+    run_in_triton_interpreter,
+)
 
 
 def _saved_bytes(module, x) -> int:
@@ -105,8 +109,6 @@ def test_inflate_alone_keeps_stock_geglus(tiny_unet):
 
 
 # --- the Triton kernels (a GPU runs them; Triton's interpreter where triton is and no GPU; CI has neither) ---
-CUDA = torch.cuda.is_available()
-HAS_TRITON = importlib.util.find_spec("triton") is not None
 # (tokens, d): SD's 64x64 feed-forward at 2 frames, its 8x8 one, and sizes with masked tiles
 KERNEL_SHAPES = [(2 * 4096, 1280), (64, 5120), (13, 24), (300, 260)]
 
@@ -133,14 +135,12 @@ def check_kernels(shape, dtype, device):
     assert rel(dproj, dref) <= max(8e-3 if dtype == torch.bfloat16 else 0.0, floor), rel(dproj, dref)
 
 
-@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (the interpreter test below runs the kernels without)")
-@pytest.mark.parametrize("shape", KERNEL_SHAPES)
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@on_cuda_per_shape_and_dtype(KERNEL_SHAPES)
 def test_geglu_kernels_against_fp64_on_cuda(shape, dtype):
     check_kernels(shape, dtype, "cuda")
 
 
-@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+@needs_cuda
 def test_a_recomputing_geglu_on_cuda_runs_the_kernels_and_matches_stock():
     from tavcli.engine import geglu
 
@@ -156,7 +156,7 @@ def test_a_recomputing_geglu_on_cuda_runs_the_kernels_and_matches_stock():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.skipif(CUDA or not HAS_TRITON, reason="the CUDA test runs the kernels; without triton there are none")
+@kernels_in_interpreter
 def test_geglu_kernels_in_the_interpreter():
     run_in_triton_interpreter("import torch; from tests.test_geglu import check_kernels\n"
                               "for shape in [(13, 24), (300, 260), (16, 512)]:\n"
@@ -164,7 +164,7 @@ def test_geglu_kernels_in_the_interpreter():
                               "print('ok')\n")
 
 
-@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+@needs_cuda
 def test_a_frozen_recomputing_geglu_on_cuda_keeps_only_its_input_and_matches_stock_in_bf16():
     torch.manual_seed(0)
     stock = GEGLU(320, 1280).cuda().to(torch.bfloat16).requires_grad_(False)

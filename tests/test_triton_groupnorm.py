@@ -5,7 +5,6 @@ Triton's interpreter in a subprocess (numpy on the CPU); elsewhere (torch's CPU 
 kernel to test, and `ClipGroupNorm` takes the PyTorch ops (tests/test_attention.py checks that fallback).
 """
 
-import importlib.util
 
 import pytest
 import torch
@@ -13,11 +12,14 @@ import torch.nn.functional as F
 
 from tavcli.engine import triton_groupnorm
 from tavcli.method.attention import ClipContext, ClipGroupNorm, clip_group_norm, use_fast_norm
-from tests.conftest import run_in_triton_interpreter
+from tests.conftest import (
+    kernels_in_interpreter,
+    kernels_on_cuda,
+    needs_cuda,
+    run_in_triton_interpreter,
+)
 from tests.test_attention import _five_d_group_norm
 
-CUDA = torch.cuda.is_available()
-HAS_TRITON = importlib.util.find_spec("triton") is not None
 use_fast_norm(triton_groupnorm.available, triton_groupnorm.clip_group_norm)  # as tavcli.method.pipeline does
 
 # (frames, images, channels, height, width, groups): SD's 64x64/320, 32x32/640 and 8x8/1280 layers, a
@@ -67,7 +69,7 @@ def check(shape, dtype, silu, device, seed=0, channels_last=False):
     return errors
 
 
-@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (the interpreter test below runs the kernels without)")
+@kernels_on_cuda
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("silu", [False, True])
 @pytest.mark.parametrize("shape", SHAPES)
@@ -77,7 +79,7 @@ def test_triton_clip_group_norm_against_fp64_on_cuda(shape, silu, channels_last)
     check(shape, dtype, silu, "cuda", channels_last=channels_last)
 
 
-@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+@needs_cuda
 def test_triton_clip_group_norm_replays_in_a_cuda_graph():
     """Captured once (forward and backward), replayed on new inputs: the eager results, exactly."""
     torch.manual_seed(1)
@@ -103,7 +105,7 @@ def test_triton_clip_group_norm_replays_in_a_cuda_graph():
     assert torch.equal(out, step())
 
 
-@pytest.mark.skipif(CUDA or not HAS_TRITON, reason="the CUDA test runs the kernels; without triton there are none")
+@kernels_in_interpreter
 def test_triton_clip_group_norm_in_the_interpreter():
     """The kernels' arithmetic and indexing, run by Triton's interpreter on the CPU in fp32."""
     code = ("import torch; from tests.test_triton_groupnorm import check, SHAPES\n"
@@ -115,7 +117,7 @@ def test_triton_clip_group_norm_in_the_interpreter():
     run_in_triton_interpreter(code)
 
 
-@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+@needs_cuda
 def test_frame_group_norm_keeps_a_channels_last_input_so_and_is_the_stock_norm():
     """The transformers' per-image norm of a channels-last UNet (tavcli.engine.layout) runs the kernel."""
     import copy

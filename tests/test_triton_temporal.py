@@ -6,7 +6,6 @@ Triton's interpreter in a subprocess (numpy on the CPU); elsewhere (torch's CPU 
 kernel, and the hook tests below check with a stand-in that the hook hands the kernel what it should.
 """
 
-import importlib.util
 
 import pytest
 import torch
@@ -15,10 +14,13 @@ import torch.nn.functional as F
 from tavcli.engine import triton_temporal
 from tavcli.method import attention
 from tavcli.method.attention import kernels_chosen
-from tests.conftest import run_in_triton_interpreter
+from tests.conftest import (
+    kernels_in_interpreter,
+    needs_cuda,
+    on_cuda_per_shape_and_dtype,
+    run_in_triton_interpreter,
+)
 
-CUDA = torch.cuda.is_available()
-HAS_TRITON = importlib.util.find_spec("triton") is not None
 
 # (clips, frames, tokens, heads, head dim): SD's 64x64 (head dim 40) and 16x16 (160) levels at 8 frames, 24
 # frames, two clips, and sizes that are no power of two (masked positions and head-dim lanes).
@@ -69,14 +71,12 @@ def check(shape, dtype, device, seed=0) -> dict:
     return errors
 
 
-@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (the interpreter test below runs the kernels without)")
-@pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@on_cuda_per_shape_and_dtype(SHAPES)
 def test_triton_temporal_attention_matches_fp64(shape, dtype):
     check(shape, dtype, "cuda")
 
 
-@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+@needs_cuda
 def test_triton_temporal_attention_replays_in_a_cuda_graph():
     q, k, v = (torch.randn(8, 64, 320, device="cuda", dtype=torch.bfloat16) for _ in range(3))
     triton_temporal.temporal_attention(q, k, v, 8, 8, 40 ** -0.5)  # compile outside the capture
@@ -88,7 +88,7 @@ def test_triton_temporal_attention_replays_in_a_cuda_graph():
     assert torch.equal(out, triton_temporal.temporal_attention(q, k, v, 8, 8, 40 ** -0.5))
 
 
-@pytest.mark.skipif(CUDA or not HAS_TRITON, reason="the CUDA test runs the kernels; without triton there are none")
+@kernels_in_interpreter
 def test_triton_temporal_attention_in_the_interpreter():
     """The kernels' arithmetic and indexing, run by Triton's interpreter on the CPU in fp32."""
     code = ("import torch; from tests.test_triton_temporal import check, SMALL\n"
@@ -146,7 +146,7 @@ def test_the_fused_temporal_kernel_is_not_taken_where_it_is_not_available(monkey
     assert not triton_temporal.available(x, 4)  # a CPU tensor: never the Triton kernel
 
 
-@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+@needs_cuda
 def test_the_fused_kernel_is_chosen_where_a_clip_fits_the_l2_cache_and_for_up_to_8_frames():
     l2 = torch.cuda.get_device_properties(0).L2_cache_size
     fits = torch.empty(8, 1024, 640, device="cuda", dtype=torch.bfloat16)  # SD's 32x32 level: 31.5 MB of q, k, v
