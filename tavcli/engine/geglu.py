@@ -17,24 +17,19 @@ round 6: at 24 frames the feed-forwards' share of what a step keeps was what put
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import torch.nn.functional as F
 from diffusers.models.activations import GEGLU
 from torch import nn
 
+from tavcli.engine import triton_kernels
+
 _ROWS, _COLS = 8, 256  # a tile of 2048 outputs: 256 contiguous columns of 8 rows
 
 
-@functools.cache
 def _triton():
-    """The kernels' module, or None where triton is not importable (torch's CPU builds come without it)."""
-    try:
-        from tavcli.engine import _geglu_kernels
-    except ImportError:
-        return None
-    return _geglu_kernels
+    """The kernels' module, or None without triton."""
+    return triton_kernels("_geglu_kernels")
 
 
 def _fused(proj: torch.Tensor) -> bool:

@@ -17,9 +17,9 @@ Kernels are chosen by shape, not autotuned: Triton caches each binary on disk an
 
 from __future__ import annotations
 
-import functools
-
 import torch
+
+from tavcli.engine import triton_kernels
 
 _TILE = 2048  # elements per program: 16 per thread at 4 warps, two 16-byte loads of bf16
 _PIXELS, _CHANNELS = 32, 64  # a channels-last tile: the same 2048 elements, 128 contiguous bytes a pixel
@@ -27,14 +27,9 @@ _SPLIT = 256  # pixels per channels-last row-sum program: 16 programs per 64x64 
 _FINAL_BLOCK = 256
 
 
-@functools.cache
 def _triton():
-    """The kernels' module, or None where triton is not importable (torch's CPU builds come without it)."""
-    try:
-        from tavcli.engine import _groupnorm_kernels
-    except ImportError:
-        return None
-    return _groupnorm_kernels
+    """The kernels' module, or None without triton."""
+    return triton_kernels("_groupnorm_kernels")
 
 
 def available(x: torch.Tensor) -> bool:

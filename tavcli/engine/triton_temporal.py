@@ -23,18 +23,15 @@ import functools
 
 import torch
 
+from tavcli.engine import triton_kernels
+
 _TILE = 2048  # elements of a [positions, head dim] tile: 16 per thread at 4 warps
 _MAX_FRAMES = 8  # measured up to here
 
 
-@functools.cache
 def _triton():
-    """The kernels' module, or None where triton is not importable (torch's CPU builds come without it)."""
-    try:
-        from tavcli.engine import _temporal_kernels
-    except ImportError:
-        return None
-    return _temporal_kernels
+    """The kernels' module, or None without triton."""
+    return triton_kernels("_temporal_kernels")
 
 
 def available(q: torch.Tensor, frames: int) -> bool:
