@@ -1,5 +1,6 @@
 """`tav` ends without Python's module teardown (seconds after every command), but only once its exit hooks
-have run and its output is flushed, with the exit code its command chose."""
+have run and its output is flushed, with the exit code its command chose; and it refuses a typo before it
+imports the model libraries (seconds more)."""
 
 import subprocess
 import sys
@@ -79,3 +80,18 @@ def test_a_profiler_watching_gets_the_ordinary_exit_so_it_can_write_its_file(tmp
     assert done.returncode == 0, done.stderr
     assert profile.stat().st_size > 0 and (tmp_path / "teardown-ran").exists()
 
+
+
+def test_a_mistyped_id_or_clip_is_refused_before_the_model_libraries_are_imported(tmp_path):
+    """Importing torch and diffusers takes seconds (8 s on the H200 machine): a typo must not wait for it."""
+    prelude = """
+    import atexit, pathlib, sys
+    atexit.register(lambda: pathlib.Path({seen!r}).write_text(
+        " ".join(m for m in ("torch", "diffusers", "transformers") if m in sys.modules)))
+    """
+    for args, code, words in ((("edit", "nosuch", "a dog"), 3, "no artifact matches 'nosuch'"),
+                              (("tune", str(tmp_path / "missing.mp4"), "a man is skiing"), 2, "not found")):
+        seen = tmp_path / f"{args[0]}-imported.txt"
+        done = _tav(tmp_path, *args, prelude=prelude.format(seen=str(seen)))
+        assert done.returncode == code and words in done.stderr, done.stderr
+        assert seen.read_text() == ""  # none of them was imported

@@ -287,16 +287,18 @@ def tune(job: TuneJob, store: Store, reporter: Reporter = Reporter(), run: Activ
     tuned and inverted, nothing stops it: it is stored (the exit-code contract of docs/scripting.md).
     """
     from tavcli.app.runs import Runs, Stopped, stopping
-    from tavcli.method.models import load_base
-    from tavcli.method.pipeline import TuneAVideo
     from tavcli.method.video import read_video
 
     store.check_writable()
     run = run or Runs(store).start(job, config)
     try:
         with store.reserving(job.name):
-            check_fits(job)
+            # the clip first: a mistyped path is refused before the model libraries' seconds of imports
             clip = read_video(job.video, job.sampling, job.size.width, job.size.height, job.size.resize)
+            check_fits(job)
+            from tavcli.method.models import load_base
+            from tavcli.method.pipeline import TuneAVideo
+
             if job.runtime.compile:
                 caches.use_compile_cache()
             reporter.stage(Stage.LOADING, job.base)
@@ -628,7 +630,6 @@ def edit(job: EditJob, store: Store, reporter: Reporter = Reporter(),
 
     from tavcli.app import inversions, refs
     from tavcli.engine.runtime import resolve_device
-    from tavcli.method.metrics import psnr
 
     target = refs.resolve(store, job.ref)
     artifact, m = target.artifact, target.manifest
@@ -672,7 +673,7 @@ def edit(job: EditJob, store: Store, reporter: Reporter = Reporter(),
         seconds = round((time.perf_counter() - started) / len(videos), 2)  # a batch of seeds shares the time
         for seed, video in zip(settings.videos_seeds, videos):
             scores = scorer.score(video, prompt) if scorer else None  # the edit alone, not the grid
-            fidelity = psnr(video, reference) if reference is not None else None
+            fidelity = _psnr(video, reference) if reference is not None else None
             if source is not None:
                 video = np.concatenate([source, video], axis=2)  # source left, edit right
             what = "reconstruction" if job.reconstruct else prompt
@@ -705,6 +706,12 @@ def edit(job: EditJob, store: Store, reporter: Reporter = Reporter(),
 def _output_path(job: EditJob, target, what: str) -> Path:
     """`-o`, or a free name in --out-dir after the artifact (and step) and the prompt."""
     return _reserve(job.output_path(f"{target.label.replace('@', '-at-')}-{_slug(what)}"))
+
+
+def _psnr(video: np.ndarray, reference: np.ndarray) -> float:
+    from tavcli.method.metrics import psnr  # imports torch: not before an edit's input is checked
+
+    return psnr(video, reference)
 
 
 def _reference_frames(target, inversion) -> np.ndarray:

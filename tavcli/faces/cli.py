@@ -88,6 +88,14 @@ def _stdout() -> Console:
     return console
 
 
+def _quiet_library_imports() -> None:
+    """What diffusers and transformers log as they import (advisories such as transformers' note that
+    torchvision is missing) stays off tav's stderr: their verbosity, from the environment, set before
+    they are imported, unless the user set it."""
+    for variable in ("DIFFUSERS_VERBOSITY", "TRANSFORMERS_VERBOSITY"):
+        os.environ.setdefault(variable, "error")
+
+
 def _quiet_libraries() -> None:
     """Our stderr is for tav's own progress: silence the libraries' load bars and advisory warnings."""
     import diffusers
@@ -228,13 +236,16 @@ class _Progress:
     """Draws jobs' progress on stderr: a Rich bar on a terminal, plain lines otherwise, nothing with -q.
 
     Every command that loads models reports through this, so this is where the libraries are quietened:
-    importing them takes seconds, which `tav list` and the other store commands should not pay.
+    their import-time logging at once, their load bars at a job's first stage, which comes after the job
+    has checked its input. Importing them takes seconds (8 s on the H200 machine), which `tav list` and the
+    other store commands should not pay, nor an edit of a mistyped id before it is refused.
     """
 
     def __init__(self, quiet: bool):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        _quiet_libraries()
+        _quiet_library_imports()
+        self.libraries_quiet = False
         self.quiet = quiet
         self.console = _stderr()
         self.live = not quiet and self.console.is_terminal
@@ -264,6 +275,9 @@ class _Progress:
             self.console.print(warnings.formatwarning(message, category, filename, lineno, line), markup=False)
 
     def stage(self, stage: Stage, detail: str = "", total: int | None = None) -> None:
+        if not self.libraries_quiet:  # before the job loads anything (its first stage)
+            _quiet_libraries()
+            self.libraries_quiet = True
         name = stage.describe(detail)
         if self.bar:
             if self.task is not None:
@@ -448,7 +462,7 @@ def _tune_and_edit(store, run, job: TuneJob, edits: list, out_dir: Path, notes: 
     try:
         for e in edits:
             check_outputs(e)  # before the tune, not after it
-        progress = _Progress(quiet)  # imports the model libraries: seconds, in which a Ctrl-C may come
+        progress = _Progress(quiet)
     except BaseException:
         run.close()
         raise
