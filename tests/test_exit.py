@@ -89,9 +89,14 @@ def test_a_mistyped_id_or_clip_is_refused_before_the_model_libraries_are_importe
     atexit.register(lambda: pathlib.Path({seen!r}).write_text(
         " ".join(m for m in ("torch", "diffusers", "transformers") if m in sys.modules)))
     """
-    for args, code, words in ((("edit", "nosuch", "a dog"), 3, "no artifact matches 'nosuch'"),
-                              (("tune", str(tmp_path / "missing.mp4"), "a man is skiing"), 2, "not found")):
-        seen = tmp_path / f"{args[0]}-imported.txt"
+    from tavcli.app import builtin
+
+    clip = str(builtin.synthetic_clip(tmp_path / "clip.mp4", frames=4))
+    for i, (args, code, words) in enumerate(((("edit", "nosuch", "a dog"), 3, "no artifact matches 'nosuch'"),
+                              (("tune", str(tmp_path / "missing.mp4"), "a man is skiing"), 2, "not found"),
+                              (("tune", clip, "a man", "--frames", "4", "--base", str(tmp_path / "nobase")), 2,
+                               "neither a folder nor a hub id"))):
+        seen = tmp_path / f"imported-{i}.txt"
         done = _tav(tmp_path, *args, prelude=prelude.format(seen=str(seen)))
         assert done.returncode == code and words in done.stderr, done.stderr
         assert seen.read_text() == ""  # none of them was imported

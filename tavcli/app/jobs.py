@@ -293,8 +293,9 @@ def tune(job: TuneJob, store: Store, reporter: Reporter = Reporter(), run: Activ
     run = run or Runs(store).start(job, config)
     try:
         with store.reserving(job.name):
-            # the clip first: a mistyped path is refused before the model libraries' seconds of imports
+            # the clip and the base's name first: a typo is refused before the model libraries' seconds of imports
             clip = read_video(job.video, job.sampling, job.size.width, job.size.height, job.size.resize)
+            check_base_name(job.base)
             check_fits(job)
             from tavcli.method.models import load_base
             from tavcli.method.pipeline import TuneAVideo
@@ -324,6 +325,14 @@ def tune(job: TuneJob, store: Store, reporter: Reporter = Reporter(), run: Activ
         raise
     run.finish(artifact.id)
     return artifact
+
+
+def check_base_name(name: str) -> None:
+    """Refuse a base that is no built-in one, checkpoint file, diffusers folder or hub id, without loading."""
+    from tavcli.method import base_names
+
+    if not builtin.is_random(name):  # a random one is checked by `builtin.locate`, which builds it
+        base_names.check(name)
 
 
 def check_fits(job: TuneJob) -> None:
@@ -501,16 +510,24 @@ def same_base(base, recorded: BaseIdentity) -> bool:
     return base.checkpoint is None and fingerprint_matches(base.folder, recorded.fingerprint)
 
 
+def recorded_base_name(artifact: Artifact, name: str | None) -> str:
+    """The base to load for an artifact: `name`, else the one it was tuned on; refused, without loading, when
+    it is no base or the recorded folder is gone."""
+    base_name = name or Manifest.of(artifact).base.name
+    if name is None and Path(base_name).is_absolute() and not Path(base_name).exists():
+        raise BadInput(f"the base {artifact.short_id} was tuned on, {base_name}, is not there any more (moved or "
+                       "deleted); pass --base NEWPATH where it is now")
+    check_base_name(base_name)
+    return base_name
+
+
 def load_recorded_base(artifact: Artifact, name: str | None, config: str | None, force: bool, device: str,
                        dtype: str, reporter: Reporter):
     """The base an artifact was tuned on (or `name`, refused unless it is the same one or `force`)."""
     from tavcli.method.models import load_base
 
     recorded = Manifest.of(artifact).base
-    base_name = name or recorded.name
-    if name is None and Path(base_name).is_absolute() and not Path(base_name).exists():
-        raise BadInput(f"the base {artifact.short_id} was tuned on, {base_name}, is not there any more (moved or "
-                       "deleted); pass --base NEWPATH where it is now")
+    base_name = recorded_base_name(artifact, name)
     reporter.stage(Stage.LOADING, base_name)
     single_file = Path(base_name).suffix.lower() in (".safetensors", ".ckpt")
     base = load_base(builtin.locate(base_name), device, dtype,
@@ -638,6 +655,7 @@ def edit(job: EditJob, store: Store, reporter: Reporter = Reporter(),
     check_edit(job, target)
     # a wrong inversion name fails before anything loads
     named = inversions.find(store, target, job.inversion_name) if job.inversion_name is not None else None
+    recorded_base_name(artifact, job.base)  # a mistyped --base, before torch is imported
     resolve_device(job.runtime.device)  # a bad --device is refused before anything is made or loaded
     check_outputs(job)
     if job.runtime.compile:

@@ -18,14 +18,13 @@ from torch import nn
 
 from tavcli.engine.runtime import resolve_device, resolve_dtype
 from tavcli.errors import BadInput
+from tavcli.method import base_names
 from tavcli.method.params import DEFAULT_BASE  # noqa: E402,F401 - its home is the params
 
 LATENT_SCALE = 0.18215  # SD v1's VAE scaling factor (the paper's latents are 4 x H/8 x W/8)
-_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 _ENCODE_CHUNK = 2  # frames through the VAE encoder at once: its 512x512x128 activations would else be
 # the peak of a `--low-memory` tune (8 frames at once: 5.27 GiB on an H200, docs/performance.md)
 _DECODE_CHUNK = 2  # the decoder's 512x512x128 activations are the peak of an edit: fewer frames at once
-_CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
 # What a single-file base needs from its config source: the weights come from the file.
 _CONFIG_FILES = ("unet/config.json", "vae/config.json", "text_encoder/config.json", "tokenizer",
                  "scheduler/scheduler_config.json")
@@ -111,7 +110,7 @@ def _hub_folder(repo_id: str, revision: str | None) -> Path:
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     try:
-        return _snapshot(repo_id, revision, ["model_index.json", *(f"{c}/*" for c in _COMPONENTS)])
+        return _snapshot(repo_id, revision, ["model_index.json", *(f"{c}/*" for c in base_names.COMPONENTS)])
     except LocalEntryNotFoundError as e:
         raise BadInput(
             f"base model {repo_id!r} is not in the local Hugging Face cache and {_offline_reason()}; download it once "
@@ -122,23 +121,11 @@ def _hub_folder(repo_id: str, revision: str | None) -> Path:
                              "check the id, or pass --base PATH to a diffusers folder") from e
 
 
-def _is_hub_id(name: str) -> bool:
-    return name.count("/") == 1 and not name.startswith((".", "/", "~"))
-
-
 def locate_base(name: str = DEFAULT_BASE, revision: str | None = None) -> tuple[Path, str | None]:
     """A local diffusers folder for `name` (a folder, or a hub id fetched through the HF cache)."""
-    path = Path(name).expanduser()
-    if path.is_dir():
-        missing = [c for c in _COMPONENTS if not (path / c).is_dir()]
-        if missing:
-            raise BadInput(f"{path} is not a Stable Diffusion diffusers folder (missing {', '.join(missing)}/)")
+    path = base_names.local_folder(name)
+    if path is not None:
         return path, None
-    if path.is_file():
-        raise BadInput(f"{path} is a single file, not a diffusers folder; load_base reads single-file "
-                             "SD1.x checkpoints (.safetensors, .ckpt)")
-    if not _is_hub_id(name):
-        raise BadInput(f"base model {name!r} is neither a folder nor a hub id like {DEFAULT_BASE}")
     folder = _hub_folder(name, revision)
     return folder, folder.name  # the snapshot folder is named for the commit it holds
 
@@ -158,7 +145,7 @@ def load_base(
     """
     dev = resolve_device(device) if isinstance(device, str) else device
     dt = resolve_dtype(dtype, dev)
-    checkpoint = _checkpoint_file(name)
+    checkpoint = base_names.checkpoint_file(name)
     if checkpoint is not None:
         if revision is not None:
             raise BadInput(f"a revision applies to hub ids, not to the single file {checkpoint}")
@@ -225,19 +212,6 @@ def _freeze(dev: torch.device, *models: nn.Module) -> None:
 
 
 # ---- single-file checkpoints -------------------------------------------------------------------------------
-
-
-def _checkpoint_file(name: str) -> Path | None:
-    """The checkpoint file `name` names, or None when it names a folder or hub id."""
-    path = Path(name).expanduser()
-    if path.is_file():
-        if path.suffix.lower() not in _CHECKPOINT_SUFFIXES:
-            raise BadInput(f"{path} is a file of unknown type {path.suffix or '(no suffix)'!r}; a single-file "
-                                 "base must be an SD1.x .safetensors (or legacy .ckpt) checkpoint")
-        return path
-    if path.suffix.lower() in _CHECKPOINT_SUFFIXES:  # clearly meant as a file: say so rather than "not a hub id"
-        raise BadInput(f"checkpoint file {path} does not exist")
-    return None
 
 
 def _load_single_file(name: str, path: Path, config: str | None, dev: torch.device, dt: torch.dtype) -> Base:
@@ -332,7 +306,7 @@ def _config_folder(path: Path, state: dict[str, torch.Tensor], config: str | Non
     elif Path(config).expanduser().is_dir():
         folder = Path(config).expanduser()
         source = str(folder.resolve())  # absolute, so a later edit finds it from any working directory
-    elif _is_hub_id(config):
+    elif base_names.is_hub_id(config):
         try:
             folder, source = _snapshot(config, None, _CONFIG_PATTERNS), config
         except LocalEntryNotFoundError as e:
