@@ -87,3 +87,22 @@ def run_in_triton_interpreter(code: str) -> None:
     done = subprocess.run([sys.executable, "-c", _INTERPRETER_SCALARS + code], env=env, capture_output=True,
                           text=True, timeout=600, cwd=Path(__file__).resolve().parents[1])
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]
+
+
+def hub_cache_with(folder: Path, repo_id: str, cache: Path) -> Path:
+    """`cache` (an HF_HUB_CACHE) holding `folder` as the main revision of hub repo `repo_id`, laid out as
+    huggingface_hub lays out a download (files copied, not linked to blobs: the client reads either)."""
+    import shutil
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    shutil.copytree(folder, repo / "snapshots" / commit)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    return repo / "snapshots" / commit
+
+
+def run_python(code: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
+    """`code` in a fresh interpreter from the repository root (huggingface_hub reads its settings at import)."""
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=timeout,
+                          cwd=Path(__file__).resolve().parents[1])

@@ -389,6 +389,15 @@ def test_edit_output_grid_png_and_frames(cli, home, tmp_path):
                  "--frames 3", "--no-inversion", "4 frames")
     assert not (tmp_path / "no").exists() and store_state(home) == before
 
+    # a place the videos cannot go is refused before any work (one line, no progress before it)
+    (tmp_path / "a-file").write_text("")
+    assert_error(cli("edit", "slide", "a blue car", *EDIT, "--out-dir", tmp_path / "a-file" / "sub"), 2,
+                 "is a file, not a folder", "choose another --out-dir")
+    if Path("/proc/self").is_dir():  # where no file can be made, even by root (whom os.access always lets)
+        assert_error(cli("edit", "slide", "a blue car", *EDIT, "--out-dir", "/proc/tav-edits"), 2,
+                     "/proc is not writable", "choose another --out-dir")
+    assert store_state(home) == before
+
     r = cli("edit", "slide", "a blue car", *EDIT, "--no-inversion", "--frames", "3", "--out-dir", tmp_path / "three")
     assert r.code == 0, r.stderr
     assert_video(Path(r.stdout.strip()), 3)

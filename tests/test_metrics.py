@@ -271,3 +271,21 @@ def test_bad_device(clip_dir):
     if not torch.cuda.is_available():
         with pytest.raises(BadInput, match="no CUDA GPU"):
             Scorer.load(str(clip_dir), device="cuda")
+
+
+def test_a_hub_clip_in_the_cache_loads_without_asking_the_network(tmp_path, clip_dir):
+    """No hub is reachable here: asked first, transformers' client retries each of the three files for ~50 s
+    before it falls back to the cache (about 2 minutes on 2026-12-04); the cache is read first now."""
+    import time
+
+    from tests.conftest import hub_cache_with, run_python
+
+    hub_cache_with(clip_dir, "tav-test/tiny-clip", tmp_path / "hub")
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_HOME")}
+    env["HF_HUB_CACHE"] = str(tmp_path / "hub")
+    started = time.perf_counter()
+    done = run_python("from tavcli.method.metrics import Scorer\n"
+                      "print(type(Scorer.load('tav-test/tiny-clip').model).__name__)\n", env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-1] == "CLIPModel"
+    assert time.perf_counter() - started < 30, "the network was asked first"

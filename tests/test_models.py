@@ -119,3 +119,24 @@ def test_a_fingerprint_recorded_before_the_stamps_were_ignored_still_matches_its
     stamped = copy / "text_encoder" / "config.json"
     stamped.write_text(config.read_text().replace('"transformers_version": "', '"transformers_version": "1'))
     assert not fingerprint_matches(copy, legacy)  # the old scheme saw the stamp (so its record tells)
+
+
+def test_a_hub_base_in_the_cache_loads_without_asking_the_network(tmp_path, tiny_base_dir):
+    """No hub is reachable here, and a base in the HF cache still loads, at once (huggingface_hub's
+    snapshot_download falls back to its cache when the hub cannot be reached: 0.15 s on 2026-12-04)."""
+    import os
+    import time
+
+    from tests.conftest import hub_cache_with, run_python
+
+    snapshot = hub_cache_with(tiny_base_dir, "tav-test/tiny-sd", tmp_path / "hub")
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_HOME")}
+    env["HF_HUB_CACHE"] = str(tmp_path / "hub")
+    code = ("from tavcli.method.models import load_base, locate_base\n"
+            "print(locate_base('tav-test/tiny-sd')[0])\n"
+            "print(type(load_base('tav-test/tiny-sd', device='cpu').unet).__name__)\n")
+    started = time.perf_counter()
+    done = run_python(code, env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == [str(snapshot), "UNet2DConditionModel"]
+    assert time.perf_counter() - started < 30, "the network was waited for"

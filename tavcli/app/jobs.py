@@ -572,7 +572,10 @@ def _slug(text: str, limit: int = 48) -> str:
 
 def _reserve(path: Path) -> Path:
     """The first free name of path, path-1, path-2, ... taken atomically, so parallel edits never collide."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # checked before the work (check_outputs), but a disk can change meanwhile
+        raise BadInput(f"could not make the folder {path.parent} ({e.strerror}); choose another --out-dir") from e
     for n in range(10_000):
         candidate = path if n == 0 else path.with_name(f"{path.stem}-{n}{path.suffix}")
         try:
@@ -630,8 +633,20 @@ def check_outputs(job: EditJob) -> None:
     existing = next(p for p in (folder, *folder.parents) if p.exists() or p == Path(p.anchor))
     if not existing.is_dir():
         raise BadInput(f"{flag} {given}: {existing} is a file, not a folder; choose another {flag}")
-    if not os.access(existing, os.W_OK | os.X_OK):
+    if not _can_write_in(existing):
         raise BadInput(f"{flag} {given}: {existing} is not writable; choose another {flag}")
+
+
+def _can_write_in(folder: Path) -> bool:
+    """Whether a file can be made in `folder`, tried: os.access answers yes to root for any folder, a
+    read-only mount's and /proc's included."""
+    import tempfile
+
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
 
 
 def edit(job: EditJob, store: Store, reporter: Reporter = Reporter(),

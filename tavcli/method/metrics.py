@@ -120,11 +120,18 @@ class Scorer:
 
         dev = device if isinstance(device, torch.device) else resolve_device(device)  # before loading, so a bad --device fails fast
         source = _locate(name_or_path)
-        try:
+
+        def parts(local_files_only: bool) -> tuple:
             # fp32 whatever the checkpoint holds: the metrics are small differences of cosines.
-            model = CLIPModel.from_pretrained(source, dtype=torch.float32)
-            tokenizer = CLIPTokenizer.from_pretrained(source)
-            image_processor = _image_processor_class().from_pretrained(source)
+            return (CLIPModel.from_pretrained(source, dtype=torch.float32, local_files_only=local_files_only),
+                    CLIPTokenizer.from_pretrained(source, local_files_only=local_files_only),
+                    _image_processor_class().from_pretrained(source, local_files_only=local_files_only))
+
+        try:
+            try:  # the HF cache first: with the network down, the hub's client retries for ~50 s before it
+                model, tokenizer, image_processor = parts(local_files_only=True)  # falls back to the cache
+            except _LOAD_ERRORS:
+                model, tokenizer, image_processor = parts(local_files_only=False)
         except _LOAD_ERRORS as e:
             raise BadInput(_load_hint(name_or_path, source, e)) from e
         model.requires_grad_(False).eval().to(dev)
