@@ -14,6 +14,7 @@ CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
 
 
 def is_hub_id(name: str) -> bool:
+    """`org/name`, as the Hub names a repo (a base's, or a CLIP model's for the metrics)."""
     return name.count("/") == 1 and not name.startswith((".", "/", "~"))
 
 

@@ -23,6 +23,7 @@ import torch
 
 from tavcli.engine.runtime import resolve_device
 from tavcli.errors import BadInput
+from tavcli.method.base_names import is_hub_id
 
 if TYPE_CHECKING:
     from transformers import CLIPModel
@@ -47,7 +48,7 @@ def _locate(name_or_path: str) -> str:
         return str(path)
     if path.exists():
         raise BadInput(f"{path} is a file; pass --clip PATH to a folder holding a transformers CLIP model")
-    if name_or_path.count("/") != 1 or name_or_path.startswith((".", "/", "~")):
+    if not is_hub_id(name_or_path):
         raise BadInput(f"no CLIP model folder at {name_or_path!r} and it is not a hub id like {DEFAULT_CLIP}; "
                            "pass --clip PATH to a folder holding a transformers CLIP model")
     return name_or_path
