@@ -680,6 +680,7 @@ def edit(job: EditJob, store: Store, reporter: Reporter = Reporter(),
     for prompt in job.prompts:
         warn_if_truncated(base, prompt, reporter)
     tav = tuned_model(base, target, job.adapter_scale)
+    from tavcli.method.metrics import psnr  # torch is imported by now; not before the input was checked
     scorer = _scorer(job.clip, base.device) if job.score else None
     s = job.settings
     if s.inversion and s.strength < 1:  # recomputed, not kept from tuning: it follows this edit's --steps
@@ -706,7 +707,7 @@ def edit(job: EditJob, store: Store, reporter: Reporter = Reporter(),
         seconds = round((time.perf_counter() - started) / len(videos), 2)  # a batch of seeds shares the time
         for seed, video in zip(settings.videos_seeds, videos):
             scores = scorer.score(video, prompt) if scorer else None  # the edit alone, not the grid
-            fidelity = _psnr(video, reference) if reference is not None else None
+            fidelity = psnr(video, reference) if reference is not None else None
             if source is not None:
                 video = np.concatenate([source, video], axis=2)  # source left, edit right
             what = "reconstruction" if job.reconstruct else prompt
@@ -739,12 +740,6 @@ def edit(job: EditJob, store: Store, reporter: Reporter = Reporter(),
 def _output_path(job: EditJob, target, what: str) -> Path:
     """`-o`, or a free name in --out-dir after the artifact (and step) and the prompt."""
     return _reserve(job.output_path(f"{target.label.replace('@', '-at-')}-{_slug(what)}"))
-
-
-def _psnr(video: np.ndarray, reference: np.ndarray) -> float:
-    from tavcli.method.metrics import psnr  # imports torch: not before an edit's input is checked
-
-    return psnr(video, reference)
 
 
 def _reference_frames(target, inversion) -> np.ndarray:

@@ -220,7 +220,8 @@ def uncached_modules() -> dict[str, int]:
 def _warn_uncached(counts: dict[str, int], reporter: Reporter) -> None:
     if counts:
         top = next(iter(counts))
-        folder = Path(sys.modules[top].__file__).parent.parent
+        file = Path(sys.modules[top].__file__)
+        folder = file.parent.parent if file.name == "__init__.py" else file.parent  # where the package lies
         reporter.log(f"note: {sum(counts.values())} imported modules have no cached bytecode ({counts[top]} of "
                      f"them {top}'s), so each fresh process compiles them again; `python -m compileall -q "
                      f"{folder}` once (and PYTHONDONTWRITEBYTECODE unset) removes that cost")

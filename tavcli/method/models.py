@@ -517,7 +517,8 @@ def fingerprint(folder: str | Path) -> str:
 def fingerprint_matches(folder: str | Path, recorded: str | None) -> bool:
     """Whether a recorded fingerprint is this folder's: as tav records it now, or as it did before 2026-12-04
     (the configs' bytes, library version stamps included), so that older artifacts still find their base."""
-    return recorded is not None and recorded in (fingerprint(folder), _fingerprint(Path(folder), stamps=True))
+    # the older form only when the current one differs: each reads every weight file's first and last MiB
+    return recorded is not None and (recorded == fingerprint(folder) or recorded == _fingerprint(Path(folder), True))
 
 
 def _fingerprint(folder: Path, stamps: bool) -> str:
