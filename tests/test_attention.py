@@ -61,6 +61,29 @@ def test_frame_attention_matches_naive_loops(mode):
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("frames", [1, 2, 3, 5])
+def test_sparse_causal_with_the_first_keys_attended_once_matches_naive_loops_and_gradients(frames):
+    torch.manual_seed(0)
+    attn = Attention(query_dim=32, heads=4, dim_head=8)
+    h = torch.randn(2 * frames, 6, 32, requires_grad=True)  # two clips: the later frames' queries are copied
+    ctx = ClipContext(frames=frames)
+    attn.set_processor(FrameAttnProcessor(ctx))
+    grad = torch.randn(2 * frames, 6, 32)
+    gathered = attn(h)
+    want = torch.autograd.grad(gathered, [h, attn.to_q.weight, attn.to_k.weight], grad)
+    ctx.shared_first_keys = 6  # from 6 tokens a frame: this call
+    shared = attn(h)
+    got = torch.autograd.grad(shared, [h, attn.to_q.weight, attn.to_k.weight], grad)
+    with torch.no_grad():
+        torch.testing.assert_close(shared, naive_frame_attention(attn, h, frames, SOURCES["sparse-causal"]),
+                                   atol=1e-5, rtol=1e-5)
+    assert (shared - gathered).abs().max() < 1e-6 < (shared - h).abs().max()
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    ctx.shared_first_keys = 7  # a frame of fewer tokens than that keeps the gathered call, bit for bit
+    assert torch.equal(attn(h), gathered)
+
+
 @pytest.mark.parametrize("mode", AttentionMode.choices())
 @pytest.mark.parametrize("frames", [1, 2, 5])
 def test_source_frames_follow_key_frames(mode, frames):

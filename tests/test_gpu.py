@@ -37,6 +37,38 @@ def test_clip_group_norm_bf16_on_cuda_against_fp64():
     assert rel(dx, dref) < 1e-2
 
 
+# SD's 64x64 level at 8 frames (cuDNN when tuning, flash when inverting, as `auto` takes them), and two clips
+# at the 32x32 level (the fp64 reference of two clips at 64x64 would take ~100 GB).
+@pytest.mark.parametrize("work,side,channels", [("tuning", 64, 320), ("inversion", 64, 320), ("sampling", 32, 640)])
+def test_sparse_causal_with_the_first_keys_attended_once_is_as_close_to_fp64_in_bf16(work, side, channels):
+    from diffusers.models.attention_processor import Attention
+
+    from tavcli.engine.runtime import attention_kernels
+    from tavcli.method.attention import FrameAttnProcessor
+
+    torch.manual_seed(0)
+    clips = 2 if work == "sampling" else 1
+    attn = Attention(channels, heads=8, dim_head=channels // 8).cuda()
+    x = torch.randn(clips * 8, side * side, channels, device="cuda")
+    grad = torch.randn_like(x)
+    ctx = ClipContext(frames=8, kernels=attention_kernels("auto", work, torch.device("cuda")).sdpa)
+    attn.set_processor(FrameAttnProcessor(ctx))
+
+    def run(module, inputs, shared):
+        ctx.shared_first_keys = side * side if shared else None
+        inputs = inputs.detach().requires_grad_()
+        out = module(inputs)
+        return out, torch.autograd.grad(out, inputs, grad.to(out.dtype))[0]
+
+    ref, dref = run(attn.double(), x.double(), False)
+    low = attn.bfloat16()
+    rel = lambda a, b: float((a.double() - b).norm() / b.norm())  # noqa: E731
+    (gathered, dgathered), (shared, dshared) = (run(low, x.bfloat16(), s) for s in (False, True))
+    assert rel(shared, ref) <= 1.2 * rel(gathered, ref), (rel(shared, ref), rel(gathered, ref))
+    assert rel(dshared, dref) <= 1.2 * rel(dgathered, dref), (rel(dshared, dref), rel(dgathered, dref))
+    assert rel(shared, gathered.double()) > 0  # the other path ran
+
+
 def test_tuning_with_cuda_graphs_follows_eager_in_bf16(tiny_unet):
     """Graph-replayed steps (the default on a GPU) give the eager steps' losses, in bf16."""
     g = torch.Generator().manual_seed(0)

@@ -163,6 +163,7 @@ def test_attention_kernel_auto_is_chosen_per_kind_of_attention_and_work_and_the_
 
     tuning, inversion, sampling = (attention_kernels("auto", w, cuda) for w in Work)
     assert tuning.fused_temporal and inversion.fused_temporal and sampling.fused_temporal
+    assert tuning.shared_first_keys == inversion.shared_first_keys == sampling.shared_first_keys == 4096
     assert cudnn_on(tuning, "frames", 4096, 8192) and cudnn_on(sampling, "frames", 4096, 8192)  # the 64x64 level
     assert not cudnn_on(inversion, "frames", 4096, 8192)  # 50 calls save less than its plan costs
     assert not cudnn_on(tuning, "frames", 1024, 2048) and not cudnn_on(tuning, "cross", 4096, 77)
@@ -175,6 +176,7 @@ def test_attention_kernel_auto_is_chosen_per_kind_of_attention_and_work_and_the_
     assert torch.backends.cuda.cudnn_sdp_enabled()  # each choice is undone when its call ends
     explicit = attention_kernels("cudnn", Work.INVERSION, cuda)
     assert cudnn_on(explicit, "cross", 4096, 77) and not explicit.fused_temporal  # an explicit choice is for all
+    assert explicit.shared_first_keys is None
     assert not cudnn_on(attention_kernels("flash", Work.TUNING, cuda), "frames", 4096, 8192)
     assert attention_kernels("default", Work.TUNING, cuda).sdpa is None
     assert len({tuning.key, inversion.key, sampling.key}) == 3  # separate captures per choice
@@ -182,6 +184,6 @@ def test_attention_kernel_auto_is_chosen_per_kind_of_attention_and_work_and_the_
     for kernel in AttentionKernel:
         for work in Work:
             on_cpu = attention_kernels(kernel, work, cpu)
-            assert on_cpu.sdpa is None and not on_cpu.fused_temporal
+            assert on_cpu.sdpa is None and not on_cpu.fused_temporal and on_cpu.shared_first_keys is None
     with pytest.raises(SettingError, match="attention_kernel"):
         build(jobs.TuneJob, {"video": "a.mp4", "prompt": "p", "attention_kernel": "fast"})

@@ -15,6 +15,7 @@ from tavcli.engine import triton_temporal
 from tavcli.method import attention
 from tavcli.method.attention import kernels_chosen
 from tests.conftest import (
+    HAS_TRITON,
     kernels_in_interpreter,
     needs_cuda,
     on_cuda_per_shape_and_dtype,
@@ -25,7 +26,7 @@ from tests.conftest import (
 # (clips, frames, tokens, heads, head dim): SD's 64x64 (head dim 40) and 16x16 (160) levels at 8 frames, 24
 # frames, two clips, and sizes that are no power of two (masked positions and head-dim lanes).
 SHAPES = [(1, 8, 4096, 8, 40), (2, 8, 256, 8, 160), (1, 24, 64, 8, 80), (2, 3, 5, 3, 24), (1, 1, 7, 2, 16)]
-SMALL = SHAPES[3:] + [(1, 8, 16, 2, 40)]
+SMALL = SHAPES[3:] + [(1, 8, 16, 2, 40), (1, 20, 3, 2, 8)]  # 20 frames: padded to 32
 
 
 def _reference(q, k, v, frames, heads, scale):
@@ -45,7 +46,11 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.detach().double() - b).norm() / (b.norm() + 1e-3 * b.numel() ** 0.5))
 
 
-def check(shape, dtype, device, seed=0) -> dict:
+# Small tiles: several programs per clip, one position per program at head dim 160 and 32 frames.
+SMALL_TILES = triton_temporal.Plan(tile=2048, warps=4, backward_warps=4)
+
+
+def check(shape, dtype, device, seed=0, plan=None) -> dict:
     """Output and the three gradients against fp64; bf16 within what SDPA's own kernels give in bf16."""
     clips, frames, n, heads, d = shape
     g = torch.Generator().manual_seed(seed)
@@ -53,7 +58,7 @@ def check(shape, dtype, device, seed=0) -> dict:
     grad = torch.randn(clips * frames, n, heads * d, generator=g).to(device, dtype)
     scale = d ** -0.5
     leaves = [t.clone().requires_grad_() for t in qkv]
-    got = triton_temporal.temporal_attention(*leaves, frames, heads, scale)
+    got = triton_temporal.temporal_attention(*leaves, frames, heads, scale, plan)
     got_grads = torch.autograd.grad(got, leaves, grad)
     ref_leaves = [t.double().requires_grad_() for t in qkv]
     ref = _reference(*ref_leaves, frames, heads, scale)
@@ -76,6 +81,11 @@ def test_triton_temporal_attention_matches_fp64(shape, dtype):
     check(shape, dtype, "cuda")
 
 
+@on_cuda_per_shape_and_dtype(SHAPES)
+def test_triton_temporal_attention_with_small_tiles_matches_fp64(shape, dtype):
+    check(shape, dtype, "cuda", plan=SMALL_TILES)
+
+
 @needs_cuda
 def test_triton_temporal_attention_replays_in_a_cuda_graph():
     q, k, v = (torch.randn(8, 64, 320, device="cuda", dtype=torch.bfloat16) for _ in range(3))
@@ -92,8 +102,10 @@ def test_triton_temporal_attention_replays_in_a_cuda_graph():
 def test_triton_temporal_attention_in_the_interpreter():
     """The kernels' arithmetic and indexing, run by Triton's interpreter on the CPU in fp32."""
     code = ("import torch; from tests.test_triton_temporal import check, SMALL\n"
+            "from tests.test_triton_temporal import SMALL_TILES\n"
             "for shape in SMALL:\n"
             "    check(shape, torch.float32, 'cpu')\n"
+            "    check(shape, torch.float32, 'cpu', plan=SMALL_TILES)\n"
             "print('ok')\n")
     run_in_triton_interpreter(code)
 
@@ -128,7 +140,7 @@ def test_the_temporal_hook_hands_the_registered_kernel_the_projections_and_uses_
         return _reference(q, k, v, frames, heads, scale)
 
     sdpa_path = attention._temporal_hook(ctx, block, (), x)
-    monkeypatch.setattr(attention, "_FAST_TEMPORAL", (lambda q, frames: True, stand_in))
+    monkeypatch.setattr(attention, "_FAST_TEMPORAL", (lambda q, frames, heads: True, stand_in))
     assert torch.equal(attention._temporal_hook(ctx, block, (), x), sdpa_path) and not calls  # not allowed
     ctx.fused_temporal = True
     fused = attention._temporal_hook(ctx, block, (), x)
@@ -140,19 +152,25 @@ def test_the_temporal_hook_hands_the_registered_kernel_the_projections_and_uses_
 def test_the_fused_temporal_kernel_is_not_taken_where_it_is_not_available(monkeypatch):
     block, ctx, x = _block_and_input()
     sdpa_path = attention._temporal_hook(ctx, block, (), x)
-    monkeypatch.setattr(attention, "_FAST_TEMPORAL", (lambda q, frames: False, lambda *a: 1 / 0))
+    monkeypatch.setattr(attention, "_FAST_TEMPORAL", (lambda q, frames, heads: False, lambda *a: 1 / 0))
     ctx.fused_temporal = True
     assert torch.equal(attention._temporal_hook(ctx, block, (), x), sdpa_path)
-    assert not triton_temporal.available(x, 4)  # a CPU tensor: never the Triton kernel
+    assert not triton_temporal.available(x, 4, 2)  # a CPU tensor: never the Triton kernel
+
+
+def test_the_plans_cover_up_to_16_frames_and_32_at_head_dims_up_to_128():
+    assert triton_temporal.plan_for(1, 40) == triton_temporal.plan_for(16, 160) == triton_temporal.Plan(8192, 8, 8)
+    assert triton_temporal.plan_for(24, 80) == triton_temporal.plan_for(32, 128) == triton_temporal.Plan(4096, 4, 4)
+    assert triton_temporal.plan_for(24, 160) is None and triton_temporal.plan_for(33, 40) is None
+    assert triton_temporal.plan_for(17, 256) is None
 
 
 @needs_cuda
-def test_the_fused_kernel_is_chosen_where_a_clip_fits_the_l2_cache_and_for_up_to_8_frames():
-    l2 = torch.cuda.get_device_properties(0).L2_cache_size
-    fits = torch.empty(8, 1024, 640, device="cuda", dtype=torch.bfloat16)  # SD's 32x32 level: 31.5 MB of q, k, v
-    assert triton_temporal.available(fits, 8) == (3 * fits.numel() * 2 <= 0.75 * l2)
-    assert not triton_temporal.available(torch.empty(8, 4096, 320, device="cuda", dtype=torch.bfloat16), 8)
-    assert not triton_temporal.available(torch.empty(16, 64, 1280, device="cuda", dtype=torch.bfloat16), 16)
+def test_the_fused_kernel_is_chosen_where_a_plan_was_measured_faster():
+    image = torch.empty(8, 64, 1280, device="cuda", dtype=torch.bfloat16)
+    assert HAS_TRITON == triton_temporal.available(image, 8, 8)  # SD's 8x8 level, head dim 160
+    assert not triton_temporal.available(torch.empty(24, 64, 1280, device="cuda"), 24, 8)
+    assert HAS_TRITON == triton_temporal.available(torch.empty(24, 64, 640, device="cuda"), 24, 8)
 
 
 def test_kernels_chosen_sets_the_choice_for_one_unet_and_restores_it():
@@ -161,12 +179,12 @@ def test_kernels_chosen_sets_the_choice_for_one_unet_and_restores_it():
     unet = attention.inflate(make_tiny_unet())
     chooser = lambda kind, queries, keys: torch.nn.attention.sdpa_kernel([torch.nn.attention.SDPBackend.MATH])
     ctx = attention.clip_context(unet)
-    with kernels_chosen(unet, chooser, True):
-        assert ctx.kernels is chooser and ctx.fused_temporal
+    with kernels_chosen(unet, chooser, True, 4096):
+        assert ctx.kernels is chooser and ctx.fused_temporal and ctx.shared_first_keys == 4096
         with kernels_chosen(unet, None, False):
-            assert ctx.kernels is None and not ctx.fused_temporal
-        assert ctx.kernels is chooser
-    assert ctx.kernels is None and not ctx.fused_temporal
+            assert ctx.kernels is None and not ctx.fused_temporal and ctx.shared_first_keys is None
+        assert ctx.kernels is chooser and ctx.shared_first_keys == 4096
+    assert ctx.kernels is None and not ctx.fused_temporal and ctx.shared_first_keys is None
 
 
 def test_every_attention_call_asks_the_chooser_for_its_kind_and_sizes_and_computes_the_same():

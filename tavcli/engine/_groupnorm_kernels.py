@@ -55,6 +55,25 @@ def _normalise(X, DY, OUT, offs, m, mean, rstd, w, b, m1, m2, BACKWARD: tl.const
 
 
 @triton.jit
+def _backward_affine(STATS, W, B, bg, ch, live, rows, c, frames, groups, BACKWARD: tl.constexpr,
+                     N: tl.constexpr):
+    """The backward's mean, 1/std, weight and bias for N channel rows (fp32); zeros for the forward, which
+    sums x and x^2 only."""
+    if BACKWARD:
+        total = (rows // (frames * c)) * groups  # STATS is (2, clips * groups): means, then 1/stds
+        mean = tl.load(STATS + bg, mask=live, other=0.0)
+        rstd = tl.load(STATS + total + bg, mask=live, other=0.0)
+        w = tl.load(W + ch, mask=live, other=0.0).to(tl.float32)
+        b = tl.load(B + ch, mask=live, other=0.0).to(tl.float32)
+    else:
+        mean = tl.zeros([N], dtype=tl.float32)
+        rstd = tl.zeros([N], dtype=tl.float32)
+        w = tl.zeros([N], dtype=tl.float32)
+        b = tl.zeros([N], dtype=tl.float32)
+    return mean, rstd, w, b
+
+
+@triton.jit
 def row_sums(X, DY, STATS, W, B, OUT, rows, hw, c, frames, groups, cg,
              ROWS: tl.constexpr, COLS: tl.constexpr, BACKWARD: tl.constexpr, SILU: tl.constexpr):
     """Per row: sum x and sum x^2 (forward); sum dz and sum dz*x_hat (backward)."""
@@ -62,21 +81,12 @@ def row_sums(X, DY, STATS, W, B, OUT, rows, hw, c, frames, groups, cg,
     base = r.to(tl.int64)[:, None] * hw
     acc1 = tl.zeros([ROWS, COLS], dtype=tl.float32)
     acc2 = tl.zeros([ROWS, COLS], dtype=tl.float32)
-    if BACKWARD:
-        total = (rows // (frames * c)) * groups  # STATS is (2, clips * groups): means, then 1/stds
-        mean = tl.load(STATS + bg, mask=live, other=0.0)[:, None]
-        rstd = tl.load(STATS + total + bg, mask=live, other=0.0)[:, None]
-        w = tl.load(W + ch, mask=live, other=0.0).to(tl.float32)[:, None]
-        b = tl.load(B + ch, mask=live, other=0.0).to(tl.float32)[:, None]
-    else:  # the forward sums x and x^2 only
-        mean = 0.0
-        rstd = 0.0
-        w = 0.0
-        b = 0.0
+    mean, rstd, w, b = _backward_affine(STATS, W, B, bg, ch, live, rows, c, frames, groups, BACKWARD, ROWS)
     for start in range(0, hw, COLS):
         col = start + tl.arange(0, COLS)[None, :]
         m = live[:, None] & (col < hw)
-        acc1, acc2 = _accumulate(X, DY, base + col, m, mean, rstd, w, b, acc1, acc2, BACKWARD, SILU)
+        acc1, acc2 = _accumulate(X, DY, base + col, m, mean[:, None], rstd[:, None], w[:, None], b[:, None],
+                                 acc1, acc2, BACKWARD, SILU)
     tl.store(OUT + r, tl.sum(acc1, 1), mask=live)
     tl.store(OUT + rows + r, tl.sum(acc2, 1), mask=live)
 
@@ -171,20 +181,11 @@ def row_sums_nhwc(X, DY, STATS, W, B, OUT, rows, hw, c, frames, groups, cg,
     ch, live_c, row, bg = _nhwc_channels(image, cblock, c, frames, groups, cg, CHANNELS)
     acc1 = tl.zeros([PIXELS, CHANNELS], dtype=tl.float32)
     acc2 = tl.zeros([PIXELS, CHANNELS], dtype=tl.float32)
-    if BACKWARD:
-        total = (rows // (frames * c)) * groups
-        mean = tl.load(STATS + bg, mask=live_c, other=0.0)[None, :]
-        rstd = tl.load(STATS + total + bg, mask=live_c, other=0.0)[None, :]
-        w = tl.load(W + ch, mask=live_c, other=0.0).to(tl.float32)[None, :]
-        b = tl.load(B + ch, mask=live_c, other=0.0).to(tl.float32)[None, :]
-    else:  # the forward sums x and x^2 only
-        mean = 0.0
-        rstd = 0.0
-        w = 0.0
-        b = 0.0
+    mean, rstd, w, b = _backward_affine(STATS, W, B, bg, ch, live_c, rows, c, frames, groups, BACKWARD, CHANNELS)
     for start in range(0, SPLIT, PIXELS):
         offs, m = _nhwc_offsets(image, split * SPLIT + start, ch, live_c, hw, c, PIXELS)
-        acc1, acc2 = _accumulate(X, DY, offs, m, mean, rstd, w, b, acc1, acc2, BACKWARD, SILU)
+        acc1, acc2 = _accumulate(X, DY, offs, m, mean[None, :], rstd[None, :], w[None, :], b[None, :],
+                                 acc1, acc2, BACKWARD, SILU)
     splits = tl.num_programs(1)
     tl.store(OUT + split * rows + row, tl.sum(acc1, 0), mask=live_c)
     tl.store(OUT + (splits + split) * rows + row, tl.sum(acc2, 0), mask=live_c)

@@ -66,7 +66,13 @@ class Runtime(Settings):
 # (0.35 ms per inversion call's block against cuDNN's 0.53 and flash's 0.72) and cuDNN when tuning: the
 # memory-efficient kernel was faster there too (1.15 ms against 1.46) but copies the frames-last views and
 # keeps the copies for backward, +0.33 GiB per 8-frame step. Flash for the smaller levels.
+# Sparse-causal attention's first two frames attend [k1, k1]; `auto` attends those keys once, in a call of
+# their own, at the 64x64 level (4096 tokens a frame) and above: -0.53 ms per block of a tuning step, -0.26
+# of an inversion call, -0.21 of a guided call at 8 frames, and less memory kept for backward (322 MiB
+# against 356 per block); at the smaller levels the second call costs more than the work it saves
+# (`benchmarks/kernel_sweep.py`, H200, 2026-12-04, benchmarks/results/2026-12-04-h200-round7).
 _CUDNN_FROM = 1 << 24  # query x key tokens of a sparse-causal attention from which `auto` takes cuDNN
+_SHARED_FIRST_KEYS_FROM = 4096  # tokens a frame
 _CUDNN_WORK = (Work.TUNING, Work.SAMPLING)
 _EFFICIENT_FROM = 1 << 15  # sequences of a temporal attention call from which `auto` leaves flash
 
@@ -75,11 +81,12 @@ _EFFICIENT_FROM = 1 << 15  # sequences of a temporal attention call from which `
 class KernelChoice:
     """The attention kernels for one kind of work: `sdpa(kind, queries, keys, sequences)` opens the SDPA
     kernels of each attention call (None: PyTorch's choice); `fused_temporal` lets the temporal attention
-    take the registered Triton kernel where it is faster."""
+    take the registered Triton kernel where it is faster; `shared_first_keys` is `kernels_chosen`'s."""
 
     sdpa: Callable[[str, int, int, int], contextlib.AbstractContextManager] | None
     fused_temporal: bool
     key: tuple  # what a CUDA-graph capture made with this choice is kept under
+    shared_first_keys: int | None = None  # tokens a frame from which the first keys are attended once
 
 
 def attention_kernels(kernel: AttentionKernel | str, work: Work, device: torch.device) -> KernelChoice:
@@ -111,7 +118,7 @@ def attention_kernels(kernel: AttentionKernel | str, work: Work, device: torch.d
             return sdpa_kernel(cudnn if work == Work.TUNING else efficient, set_priority=True)
         return sdpa_kernel(flash, set_priority=True)
 
-    return KernelChoice(auto, True, key)
+    return KernelChoice(auto, True, key, _SHARED_FIRST_KEYS_FROM)
 
 
 def resolve_device(device: str = "auto") -> torch.device:

@@ -5,28 +5,28 @@ Through SDPA the temporal attention is a batch of B*N*heads sequences of F = 8 t
 tiles the sequence by 64 or 128, so most of its work is padding, and the frames-last views cost copies in
 and out. Its 16 calls took 11.8 ms of a tuning step on an H200 with cuDNN, and cuDNN builds a plan for each
 shape (benchmarks/attention_kinds.py, docs/performance.md). The work itself is small: per position F*F
-dot products of d = 40..160 numbers. Here a program takes a run of positions of one clip and loops over
-the frames with an online softmax in fp32 registers; backward recomputes the probabilities from the
-forward's log-sum-exp. The arithmetic is fp32 throughout, each output rounded once.
+dot products of d = 40..160 numbers. Here a program loads a run of positions of one clip, all frames,
+once, and computes their attention as batched matmuls on the tensor cores (frames padded to 16); backward
+recomputes the probabilities from the forward's log-sum-exp, in the same single pass.
 
-Each key and value tile is read once per query frame: from the L2 cache while a clip's q, k and v fit in
-it. Measured on an H200 at 8 frames (2026-12-02): the 32x32, 16x16 and 8x8 levels' fwd+bwd 0.29, 0.34 and
-0.30 ms against SDPA's best 0.52, 0.32 and 0.26; the 64x64 level, whose q, k and v (63 MB) outgrow the
-50 MB cache, 1.96 ms against 1.15 for PyTorch's memory-efficient kernel. So `available` takes the kernel
-only where the clip fits in three quarters of the GPU's L2, and up to 8 frames (the counts measured); a
-version holding all frames in registers instead was slower at every size but that one (not kept).
+Measured on an H200 (`benchmarks/kernel_sweep.py`, 2026-12-04, benchmarks/results/2026-12-04-h200-round7),
+the 16 calls of one UNet call at 8 frames: 6.98 ms of a tuning step (fwd+bwd) against 10.93 for what tav
+ran before (SDPA at the 64x64 level, a kernel re-reading each key tile per query frame elsewhere), 0.91
+ms of an inversion call against 2.53, 1.44 of a guided call against 4.48. At 24 frames (frames padded to
+32) the 64x64 level's fwd+bwd took 0.62 ms against SDPA's best 1.20, the 32x32 level's 0.47 against 0.61,
+but the 16x16 level's (head dim 160: [positions, 32, 256] blocks outgrow the registers) 2.55 against 0.39.
+Two earlier kernels, one re-reading each key tile per query frame, one holding all frames' keys in
+registers and computing with elementwise sums, were slower at every size and are gone. So `available`
+takes the kernel up to 16 frames, and up to 32 where the head dim is at most 128.
 """
 
 from __future__ import annotations
 
-import functools
+from dataclasses import dataclass
 
 import torch
 
 from tavcli.engine import triton_kernels
-
-_TILE = 2048  # elements of a [positions, head dim] tile: 16 per thread at 4 warps
-_MAX_FRAMES = 8  # measured up to here
 
 
 def _triton():
@@ -34,71 +34,91 @@ def _triton():
     return triton_kernels("_temporal_kernels")
 
 
-def available(q: torch.Tensor, frames: int) -> bool:
+@dataclass(frozen=True)
+class Plan:
+    """A launch: `tile` elements of a program's [positions, frames, head dim] block (its positions:
+    tile / (padded frames x padded head dim), at least one), `warps` per forward program, and per
+    backward program."""
+
+    tile: int = 8192
+    warps: int = 8
+    backward_warps: int = 8
+
+
+# The sweep's best per padded frame count (module docstring), and the largest head dim each was fast for.
+_PLANS = {16: (Plan(8192, 8, 8), 256), 32: (Plan(4096, 4, 4), 128)}
+
+
+def _padded_frames(frames: int) -> int:
+    return max(16, 1 << (frames - 1).bit_length())
+
+
+def plan_for(frames: int, head_dim: int) -> Plan | None:
+    """The measured plan for clips of `frames` frames and heads of `head_dim` channels; None where SDPA
+    was faster (or nothing was measured)."""
+    plan, widest = _PLANS.get(_padded_frames(frames), (None, 0))
+    return plan if head_dim <= widest else None
+
+
+def available(q: torch.Tensor, frames: int, heads: int) -> bool:
     """Whether `temporal_attention` should run on (B*F, N, C) `q`: a CUDA tensor, triton importable, not
-    inside torch.compile (which traces the SDPA path instead), at most 8 frames, and one clip's q, k and v
-    within three quarters of the GPU's L2 cache (above)."""
-    if not q.is_cuda or torch.compiler.is_compiling() or _triton() is None or frames > _MAX_FRAMES:
+    inside torch.compile (which traces the SDPA path instead), and a plan measured faster (`plan_for`)."""
+    if not q.is_cuda or torch.compiler.is_compiling() or _triton() is None:
         return False
-    clip_bytes = 3 * q[:frames].numel() * q.element_size()
-    return clip_bytes <= 0.75 * _l2_bytes(q.device)
-
-
-@functools.cache
-def _l2_bytes(device: torch.device) -> int:
-    return getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 0)  # unknown: never fused
+    return plan_for(frames, q.shape[-1] // heads) is not None
 
 
 def temporal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, frames: int, heads: int,
-                       scale: float) -> torch.Tensor:
+                       scale: float, plan: Plan | None = None) -> torch.Tensor:
     """Attention over the frame axis of (B*F, N, C) q, k, v (heads of C/heads channels); out (B*F, N, C).
 
     The same function as SDPA on the frames-last views (B, N*heads, F, C/heads) with this `scale`.
+    `plan` sets the launch (benchmarks, tests); None: `plan_for` the call, or the 16-frame plan.
     """
     bf, n, c = q.shape
     if bf % frames or c % heads:
         raise ValueError(f"{bf} images of {c} channels are not whole {frames}-frame clips of {heads} heads")
-    return _TemporalAttention.apply(q, k, v, frames, heads, scale)
+    plan = plan or plan_for(frames, c // heads) or _PLANS[16][0]
+    return _TemporalAttention.apply(q, k, v, frames, heads, scale, plan)
 
 
 class _Geometry:
-    """The launch geometry of one call: positions per program and the padded head-dim size."""
+    """The launch geometry of one call: positions per program and the padded frame and head-dim sizes."""
 
-    def __init__(self, q: torch.Tensor, frames: int, heads: int):
+    def __init__(self, q: torch.Tensor, frames: int, heads: int, plan: Plan):
         bf, n, c = q.shape
         self.frames, self.d = frames, c // heads
         self.positions, self.image = n * heads, n * c
         self.dp = max(16, 1 << (self.d - 1).bit_length())
-        self.bp = max(1, _TILE // self.dp)
+        self.fp = _padded_frames(frames)
+        self.bp = max(1, plan.tile // (self.fp * self.dp))
         self.grid = (-(-self.positions // self.bp), bf // frames)
 
     def args(self) -> tuple:
         return self.image, self.positions, self.d
 
-    def meta(self) -> dict:
-        return {"F": self.frames, "BP": self.bp, "DP": self.dp}
+    def meta(self, warps: int) -> dict:
+        return {"F": self.frames, "FP": self.fp, "BP": self.bp, "DP": self.dp, "num_warps": warps}
 
 
 class _TemporalAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, frames, heads, scale):
-        t = _triton()
+    def forward(ctx, q, k, v, frames, heads, scale, plan):
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-        g = _Geometry(q, frames, heads)
+        g = _Geometry(q, frames, heads, plan)
         out = torch.empty_like(q)
         lse = torch.empty(q.shape[0], g.positions, device=q.device, dtype=torch.float32)
-        t.forward[g.grid](q, k, v, out, lse, *g.args(), scale, **g.meta())
-        ctx.save_for_backward(q, k, v, out, lse)
-        ctx.frames, ctx.heads, ctx.scale = frames, heads, scale
+        _triton().forward[g.grid](q, k, v, out, lse, *g.args(), scale, **g.meta(plan.warps))
+        ctx.save_for_backward(q, k, v, lse)
+        ctx.frames, ctx.heads, ctx.scale, ctx.plan = frames, heads, scale, plan
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        t = _triton()
-        q, k, v, out, lse = ctx.saved_tensors
-        g = _Geometry(q, ctx.frames, ctx.heads)
+        q, k, v, lse = ctx.saved_tensors
+        g = _Geometry(q, ctx.frames, ctx.heads, ctx.plan)
         grad = grad.contiguous()
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        delta = torch.empty_like(lse)  # do_i.o_i per row, written and read by the same program
-        t.backward[g.grid](q, k, v, out, grad, lse, delta, dq, dk, dv, *g.args(), ctx.scale, **g.meta())
-        return dq, dk, dv, None, None, None
+        _triton().backward[g.grid](q, k, v, grad, lse, dq, dk, dv, *g.args(), ctx.scale,
+                                   **g.meta(ctx.plan.backward_warps))
+        return dq, dk, dv, None, None, None, None
