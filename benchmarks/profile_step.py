@@ -1,9 +1,10 @@
 """Where a tuning step, an inversion call and a guided sampling call spend GPU time, by kernel family
 (torch.profiler, eager, no CUDA graphs), and where the first inversion step's seconds go; random SD v1.4
-weights, the same `tuning.tune` and `denoiser.Denoiser` that `tav tune` and `tav edit` run. The tuning step
-uses `tav`'s attention kernels; the sampling calls here go straight to the UNet: PyTorch's choice.
+weights, the same `tuning.tune` and `denoiser.Denoiser` that `tav tune` and `tav edit` run, each with the
+attention kernels tav's runtime chooses for its work (before 2026-12-04 the sampling calls here took
+PyTorch's own choice).
 
-    python benchmarks/profile_step.py [--frames 8] [--size 512] [--ops] [--json out.json]
+    python benchmarks/profile_step.py [--frames 8] [--size 512] [--ops] [--sampling-only] [--json out.json]
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ import numpy as np
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from tavcli.engine.runtime import Runtime
+from tavcli.engine.runtime import Runtime, Work, attention_kernels
 from tavcli.app.builtin import locate
-from tavcli.method.attention import video_forward
+from tavcli.method.attention import kernels_chosen, video_forward
 from tavcli.method.denoiser import Denoiser
 from tavcli.method.models import encode_frames, encode_prompts, load_base
 from tavcli.method.pipeline import TuneAVideo, _alphas_cumprod
@@ -105,6 +106,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--json", default=None)
     ap.add_argument("--ops", action="store_true", help="also the aten ops (and shapes) taking the most GPU time")
+    ap.add_argument("--sampling-only", action="store_true", help="leave out the tuning step")
     args = ap.parse_args()
     out: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "frames": args.frames}
     base = load_base(str(locate("random:sd-v1")))
@@ -115,15 +117,18 @@ def main() -> None:
     alphas = _alphas_cumprod(base.scheduler_config)
 
     eager = Runtime(cuda_graphs=False)
-    tune(tav.unet, tav.params, clip, alphas, TuneSettings(steps=3), runtime=eager)  # warm-up
-    wall, table = profiled(lambda: tune(tav.unet, tav.params, clip, alphas, TuneSettings(steps=1), runtime=eager), 3,
-                           args.ops)
-    out["tuning_step"] = {"eager_wall_ms": wall, **table}
-    # The same step graph-replayed, for the wall time the kernels add up to once launches are gone.
-    stamps = []
-    tune(tav.unet, tav.params, clip, alphas, TuneSettings(steps=12),
-         callback=lambda i, loss: (torch.cuda.synchronize(), stamps.append(time.perf_counter())))
-    out["tuning_step"]["graph_wall_ms"] = round(float(np.median(np.diff(stamps[4:]))) * 1000, 1)
+    parts = ("inversion_call", "cfg_call")
+    if not args.sampling_only:
+        parts = ("tuning_step", *parts)
+        tune(tav.unet, tav.params, clip, alphas, TuneSettings(steps=3), runtime=eager)  # warm-up
+        wall, table = profiled(lambda: tune(tav.unet, tav.params, clip, alphas, TuneSettings(steps=1),
+                                            runtime=eager), 3, args.ops)
+        out["tuning_step"] = {"eager_wall_ms": wall, **table}
+        # The same step graph-replayed, for the wall time the kernels add up to once launches are gone.
+        stamps = []
+        tune(tav.unet, tav.params, clip, alphas, TuneSettings(steps=12),
+             callback=lambda i, loss: (torch.cuda.synchronize(), stamps.append(time.perf_counter())))
+        out["tuning_step"]["graph_wall_ms"] = round(float(np.median(np.diff(stamps[4:]))) * 1000, 1)
 
     # The first inversion step in a process that has just tuned, part by part (what `tav tune` does next).
     first = {"for_inference_s": timed(tav.for_inference)}
@@ -138,19 +143,20 @@ def main() -> None:
         first["replay_s"] = timed(lambda: denoise(mean, 921, empty))
     out["inversion_first_step"] = first
 
-    with torch.no_grad():
-        wall, table = profiled(lambda: video_forward(tav.unet, mean, 500, empty), 3, args.ops)
-        out["inversion_call"] = {"eager_wall_ms": wall, **table}
-        replays = [timed(lambda: denoise(mean, 500, empty)) for _ in range(10)]
-        out["inversion_call"]["graph_wall_ms"] = round(float(np.median(replays)) * 1000, 1)
-        x2, text2 = torch.cat([mean, mean]), torch.cat([empty, clip.text])
-        wall, table = profiled(lambda: video_forward(tav.unet, x2, 500, text2), 3, args.ops)
-        out["cfg_call"] = {"eager_wall_ms": wall, **table}
-        denoise(x2, 500, text2)
-        replays = [timed(lambda: denoise(x2, 500, text2)) for _ in range(10)]
-        out["cfg_call"]["graph_wall_ms"] = round(float(np.median(replays)) * 1000, 1)
+    # Each sampling call with the kernels tav's runtime chooses for its work (`auto`), as `tav` runs it.
+    x2, text2 = torch.cat([mean, mean]), torch.cat([empty, clip.text])
+    for part, work, (x, text) in (("inversion_call", Work.INVERSION, (mean, empty)),
+                                  ("cfg_call", Work.SAMPLING, (x2, text2))):
+        choice = attention_kernels("auto", work, mean.device)
+        with torch.no_grad(), kernels_chosen(tav.unet, choice.sdpa, choice.fused_temporal, choice.shared_first_keys):
+            wall, table = profiled(lambda: video_forward(tav.unet, x, 500, text), 3, args.ops)
+            out[part] = {"eager_wall_ms": wall, **table}
+            denoise = Denoiser(tav.unet)
+            denoise(x, 500, text)
+            replays = [timed(lambda: denoise(x, 500, text)) for _ in range(10)]
+            out[part]["graph_wall_ms"] = round(float(np.median(replays)) * 1000, 1)
 
-    for part in ("tuning_step", "inversion_call", "cfg_call"):
+    for part in parts:
         p = out[part]
         print(f"== {part}: GPU {p['gpu_ms']} ms, eager wall {p['eager_wall_ms']} ms, graph wall {p['graph_wall_ms']} ms")
         for fam, f in p["families"].items():
