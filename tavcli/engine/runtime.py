@@ -68,9 +68,9 @@ class Runtime(Settings):
 # keeps the copies for backward, +0.33 GiB per 8-frame step. Flash for the smaller levels.
 # Sparse-causal attention's first two frames attend [k1, k1]; `auto` attends those keys once, in a call of
 # their own, at the 64x64 level (4096 tokens a frame) and above: -0.53 ms per block of a tuning step, -0.26
-# of an inversion call, -0.21 of a guided call at 8 frames, and less memory kept for backward (322 MiB
-# against 356 per block); at the smaller levels the second call costs more than the work it saves
-# (`benchmarks/kernel_sweep.py`, H200, 2026-12-04, benchmarks/results/2026-12-04-h200-round7).
+# of an inversion call, -0.21 of a guided call at 8 frames, and less kept for backward; at the smaller
+# levels the second call cost more than the work it saves (`benchmarks/kernel_sweep.py`, H200, 2026-12-04,
+# eager; docs/performance.md, round 7).
 _CUDNN_FROM = 1 << 24  # query x key tokens of a sparse-causal attention from which `auto` takes cuDNN
 _SHARED_FIRST_KEYS_FROM = 4096  # tokens a frame
 _CUDNN_WORK = (Work.TUNING, Work.SAMPLING)

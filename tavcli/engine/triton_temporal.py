@@ -17,7 +17,8 @@ ms of an inversion call against 2.53, 1.44 of a guided call against 4.48. At 24 
 but the 16x16 level's (head dim 160: [positions, 32, 256] blocks outgrow the registers) 2.55 against 0.39.
 Two earlier kernels, one re-reading each key tile per query frame, one holding all frames' keys in
 registers and computing with elementwise sums, were slower at every size and are gone. So `available`
-takes the kernel up to 16 frames, and up to 32 where the head dim is at most 128.
+takes the kernel up to 16 frames, and up to 32 where the head dim is at most 128. (Measured at 8 and 24
+frames; 9 to 16 frames run the 8-frame launch, whose blocks are already padded to 16 frames.)
 """
 
 from __future__ import annotations

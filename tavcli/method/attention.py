@@ -39,8 +39,8 @@ NORMS = ("clip", "frame")  # tav's params.Norm
 
 # A faster clip GroupNorm (+SiLU) for the tensors it can take, given from outside (tavcli.method.pipeline
 # registers the engine's Triton kernel, `tavcli.engine.triton_groupnorm`): this module is copied verbatim
-# into exported folders (`tav export --format diffusers`), where the PyTorch ops below run. (available(x), norm(x, frames, groups,
-# weight, bias, eps, silu=...)) or None.
+# into exported folders (`tav export --format diffusers`), where the PyTorch ops below run.
+# (available(x), norm(x, frames, groups, weight, bias, eps, silu=...)) or None.
 _FAST_NORM: tuple | None = None
 
 
@@ -56,8 +56,8 @@ _FAST_TEMPORAL: tuple | None = None
 
 
 def use_fast_temporal(available, attend) -> None:
-    """Let the temporal attention run `attend` wherever `available(q, frames, heads)` says it should, and the call
-    allows it (`kernels_chosen`)."""
+    """Let the temporal attention run `attend` wherever `available(q, frames, heads)` says it should, and
+    the call allows it (`kernels_chosen`)."""
     global _FAST_TEMPORAL
     _FAST_TEMPORAL = (available, attend)
 
