@@ -10,11 +10,12 @@ once, and computes their attention as batched matmuls on the tensor cores (frame
 recomputes the probabilities from the forward's log-sum-exp, in the same single pass.
 
 Measured on an H200 (`benchmarks/kernel_sweep.py`, 2026-12-04, benchmarks/results/2026-12-04-h200-round7),
-the 16 calls of one UNet call at 8 frames: 6.98 ms of a tuning step (fwd+bwd) against 10.93 for what tav
-ran before (SDPA at the 64x64 level, a kernel re-reading each key tile per query frame elsewhere), 0.91
-ms of an inversion call against 2.53, 1.44 of a guided call against 4.48. At 24 frames (frames padded to
-32) the 64x64 level's fwd+bwd took 0.62 ms against SDPA's best 1.20, the 32x32 level's 0.47 against 0.61,
-but the 16x16 level's (head dim 160: [positions, 32, 256] blocks outgrow the registers) 2.55 against 0.39.
+the 16 calls of one UNet call at 8 frames (call 3 against call 1's "current", what tav ran before: SDPA at
+the 64x64 level, a kernel re-reading each key tile per query frame elsewhere): 4.30 ms of a tuning step
+(fwd+bwd) against 11.79, 0.95 ms of an inversion call against 2.31, 1.30 of a guided call against 4.56.
+At 24 frames (frames padded to 32) the 64x64 level's fwd+bwd took 0.62 ms against SDPA's best 1.19, the
+32x32 level's 0.35 against 0.61, but the 16x16 level's (head dim 160: [positions, 32, 256] blocks outgrow
+the registers) 2.63 against 0.36.
 Two earlier kernels, one re-reading each key tile per query frame, one holding all frames' keys in
 registers and computing with elementwise sums, were slower at every size and are gone. So `available`
 takes the kernel up to 16 frames, and up to 32 where the head dim is at most 128. (Measured at 8 and 24
