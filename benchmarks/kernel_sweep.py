@@ -17,46 +17,20 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import time
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from attention_kinds import HEADS, LEVELS, measure  # this folder's: the shapes and the timing
 from tavcli.engine import runtime, triton_temporal
 from tavcli.method import attention
 
-LEVELS = [(64, 320, 5), (32, 640, 5), (16, 1280, 5), (8, 1280, 1)]  # latent side, channels, blocks
-HEADS = 8
 WORK = {"tuning": (1, True), "inversion": (1, False), "sampling": (2, False)}  # clips, backward
-PLANS = {f"triton-{tile}-w{warps}": triton_temporal.Plan(tile, warps, warps)
+PLANS = {f"triton-{tile}-w{warps}": triton_temporal.Plan(tile, warps)
          for tile in (4096, 8192, 16384) for warps in (4, 8)}
 SDPA = {"cudnn": SDPBackend.CUDNN_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
         "flash": SDPBackend.FLASH_ATTENTION}
-
-
-def measure(fn, leaves, grad: bool, reps: int = 20) -> dict:
-    def once():
-        out = fn()
-        if grad:
-            out.backward(torch.ones_like(out))
-            for t in leaves:
-                t.grad = None
-
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    once()
-    torch.cuda.synchronize()
-    first = time.perf_counter() - t0
-    for _ in range(3):
-        once()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(reps):
-        once()
-    end.record()
-    torch.cuda.synchronize()
-    return {"first_s": round(first, 3), "ms": round(start.elapsed_time(end) / reps, 4)}
 
 
 def frames_last(t, clips, frames, n):
@@ -96,7 +70,7 @@ def temporal_rows(work: str, clips: int, grad: bool, frames: int, side: int, c: 
             if name in PLANS:
                 with torch.no_grad():
                     row["max_err"] = float((fn().float() - ref).abs().max())
-            row.update(measure(fn, leaves, grad))
+            row.update(measure(fn, leaves, grad, reps=20))
         except Exception as e:  # a plan that does not compile or fit: recorded, the sweep goes on
             row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
         rows.append(row)
@@ -124,7 +98,7 @@ def frames_rows(work: str, clips: int, grad: bool, frames: int, side: int, c: in
                 outs[shared] = proc(attn, x).float()
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
-            row.update(measure(lambda: proc(attn, x), [x], grad))
+            row.update(measure(lambda: proc(attn, x), [x], grad, reps=20))
             row["peak_mib"] = round((torch.cuda.max_memory_allocated() - base) / 2**20, 1)
         except Exception as e:
             row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"

@@ -136,8 +136,7 @@ def main() -> None:
     first["encode_prompt_s"] = timed(lambda: encode_prompts(base, [""]))
     empty = encode_prompts(base, [""])
     inverting = attention_kernels("auto", Work.INVERSION, mean.device)
-    with torch.no_grad(), kernels_chosen(tav.unet, inverting.sdpa, inverting.fused_temporal,
-                                         inverting.shared_first_keys):
+    with torch.no_grad(), kernels_chosen(tav.unet, inverting):
         first["first_eager_call_s"] = timed(lambda: video_forward(tav.unet, mean, 981, empty))
         first["second_eager_call_s"] = timed(lambda: video_forward(tav.unet, mean, 961, empty))
         denoise = Denoiser(tav.unet)
@@ -150,8 +149,7 @@ def main() -> None:
     for part, work, (x, text) in (("inversion_call", Work.INVERSION, (mean, empty)),
                                   ("cfg_call", Work.SAMPLING, (x2, text2))):
         choice = attention_kernels("auto", work, mean.device)
-        with torch.no_grad(), kernels_chosen(tav.unet, choice.sdpa, choice.fused_temporal,
-                                             choice.shared_first_keys):
+        with torch.no_grad(), kernels_chosen(tav.unet, choice):
             wall, table = profiled(lambda: video_forward(tav.unet, x, 500, text), 3, args.ops)
             out[part] = {"eager_wall_ms": wall, **table}
             denoise = Denoiser(tav.unet)

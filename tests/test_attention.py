@@ -84,6 +84,33 @@ def test_sparse_causal_with_the_first_keys_attended_once_matches_naive_loops_and
     assert torch.equal(attn(h), gathered)
 
 
+def _kept_for_backward(attn: Attention, h: torch.Tensor) -> float:
+    """What autograd keeps of one attention call, in tensors of `h`'s size (each storage counted once)."""
+    kept = {}
+
+    def pack(t):
+        kept[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        attn(h)
+    return sum(kept.values()) / (h.numel() * h.element_size())
+
+
+@pytest.mark.parametrize("frames", [3, 8, 24])
+def test_attending_the_first_keys_once_keeps_less_for_backward_than_the_gathered_call(frames):
+    torch.manual_seed(0)
+    attn = Attention(query_dim=64, heads=4, dim_head=16)
+    h = torch.randn(frames, 256, 64, requires_grad=True)
+    ctx = ClipContext(frames=frames)
+    attn.set_processor(FrameAttnProcessor(ctx))
+    gathered = _kept_for_backward(attn, h)
+    ctx.shared_first_keys = 0
+    shared = _kept_for_backward(attn, h)
+    # joined before the output projection, or with frame 1's keys as views, it kept more than gathered
+    assert shared < gathered, (shared, gathered)
+
+
 @pytest.mark.parametrize("mode", AttentionMode.choices())
 @pytest.mark.parametrize("frames", [1, 2, 5])
 def test_source_frames_follow_key_frames(mode, frames):

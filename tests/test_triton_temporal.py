@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from tavcli.engine import triton_temporal
+from tavcli.engine.runtime import KernelChoice
 from tavcli.method import attention
 from tavcli.method.attention import kernels_chosen
 from tests.conftest import (
@@ -47,7 +48,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 # Small tiles: several programs per clip, one position per program at head dim 160 and 32 frames.
-SMALL_TILES = triton_temporal.Plan(tile=2048, warps=4, backward_warps=4)
+SMALL_TILES = triton_temporal.Plan(tile=2048, warps=4)
 
 
 def check(shape, dtype, device, seed=0, plan=None) -> dict:
@@ -159,8 +160,8 @@ def test_the_fused_temporal_kernel_is_not_taken_where_it_is_not_available(monkey
 
 
 def test_the_plans_cover_up_to_16_frames_and_32_at_head_dims_up_to_128():
-    assert triton_temporal.plan_for(1, 40) == triton_temporal.plan_for(16, 160) == triton_temporal.Plan(8192, 8, 8)
-    assert triton_temporal.plan_for(24, 80) == triton_temporal.plan_for(32, 128) == triton_temporal.Plan(4096, 4, 4)
+    assert triton_temporal.plan_for(1, 40) == triton_temporal.plan_for(16, 160) == triton_temporal.Plan(8192, 8)
+    assert triton_temporal.plan_for(24, 80) == triton_temporal.plan_for(32, 128) == triton_temporal.Plan(4096, 4)
     assert triton_temporal.plan_for(24, 160) is None and triton_temporal.plan_for(33, 40) is None
     assert triton_temporal.plan_for(17, 256) is None
 
@@ -179,9 +180,9 @@ def test_kernels_chosen_sets_the_choice_for_one_unet_and_restores_it():
     unet = attention.inflate(make_tiny_unet())
     chooser = lambda kind, queries, keys: torch.nn.attention.sdpa_kernel([torch.nn.attention.SDPBackend.MATH])
     ctx = attention.clip_context(unet)
-    with kernels_chosen(unet, chooser, True, 4096):
+    with kernels_chosen(unet, KernelChoice(chooser, True, (), 4096)):
         assert ctx.kernels is chooser and ctx.fused_temporal and ctx.shared_first_keys == 4096
-        with kernels_chosen(unet, None, False):
+        with kernels_chosen(unet, KernelChoice(None, False, ())):
             assert ctx.kernels is None and not ctx.fused_temporal and ctx.shared_first_keys is None
         assert ctx.kernels is chooser and ctx.shared_first_keys == 4096
     assert ctx.kernels is None and not ctx.fused_temporal and ctx.shared_first_keys is None
@@ -197,7 +198,8 @@ def test_every_attention_call_asks_the_chooser_for_its_kind_and_sizes_and_comput
     with torch.no_grad():
         plain = attention.video_forward(unet, latents, 10, text)
         asked = []
-        with kernels_chosen(unet, lambda *call: asked.append(call) or contextlib.nullcontext(), False):
+        chooser = lambda *call: asked.append(call) or contextlib.nullcontext()  # noqa: E731
+        with kernels_chosen(unet, KernelChoice(chooser, False, ())):
             chosen = attention.video_forward(unet, latents, 10, text)
     assert torch.equal(chosen, plain)
     kinds = {call[0] for call in asked}

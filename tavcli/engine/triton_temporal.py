@@ -39,16 +39,14 @@ def _triton():
 @dataclass(frozen=True)
 class Plan:
     """A launch: `tile` elements of a program's [positions, frames, head dim] block (its positions:
-    tile / (padded frames x padded head dim), at least one), `warps` per forward program, and per
-    backward program."""
+    tile / (padded frames x padded head dim), at least one), and `warps` per program, forward and backward."""
 
     tile: int = 8192
     warps: int = 8
-    backward_warps: int = 8
 
 
 # The sweep's best per padded frame count (module docstring), and the largest head dim each was fast for.
-_PLANS = {16: (Plan(8192, 8, 8), 256), 32: (Plan(4096, 4, 4), 128)}
+_PLANS = {16: (Plan(8192, 8), 256), 32: (Plan(4096, 4), 128)}
 
 
 def _padded_frames(frames: int) -> int:
@@ -94,13 +92,14 @@ class _Geometry:
         self.dp = max(16, 1 << (self.d - 1).bit_length())
         self.fp = _padded_frames(frames)
         self.bp = max(1, plan.tile // (self.fp * self.dp))
+        self.warps = plan.warps
         self.grid = (-(-self.positions // self.bp), bf // frames)
 
     def args(self) -> tuple:
         return self.image, self.positions, self.d
 
-    def meta(self, warps: int) -> dict:
-        return {"F": self.frames, "FP": self.fp, "BP": self.bp, "DP": self.dp, "num_warps": warps}
+    def meta(self) -> dict:
+        return {"F": self.frames, "FP": self.fp, "BP": self.bp, "DP": self.dp, "num_warps": self.warps}
 
 
 class _TemporalAttention(torch.autograd.Function):
@@ -110,17 +109,16 @@ class _TemporalAttention(torch.autograd.Function):
         g = _Geometry(q, frames, heads, plan)
         out = torch.empty_like(q)
         lse = torch.empty(q.shape[0], g.positions, device=q.device, dtype=torch.float32)
-        _triton().forward[g.grid](q, k, v, out, lse, *g.args(), scale, **g.meta(plan.warps))
+        _triton().forward[g.grid](q, k, v, out, lse, *g.args(), scale, **g.meta())
         ctx.save_for_backward(q, k, v, lse)
-        ctx.frames, ctx.heads, ctx.scale, ctx.plan = frames, heads, scale, plan
+        ctx.geometry, ctx.scale = g, scale
         return out
 
     @staticmethod
     def backward(ctx, grad):
         q, k, v, lse = ctx.saved_tensors
-        g = _Geometry(q, ctx.frames, ctx.heads, ctx.plan)
+        g = ctx.geometry
         grad = grad.contiguous()
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        _triton().backward[g.grid](q, k, v, grad, lse, dq, dk, dv, *g.args(), ctx.scale,
-                                   **g.meta(ctx.plan.backward_warps))
+        _triton().backward[g.grid](q, k, v, grad, lse, dq, dk, dv, *g.args(), ctx.scale, **g.meta())
         return dq, dk, dv, None, None, None, None

@@ -26,6 +26,7 @@ import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -84,16 +85,26 @@ class ClipContext:
     shared_first_keys: int | None = None
 
 
+class KernelChoice(Protocol):
+    """The kernel settings `kernels_chosen` copies into a UNet's ClipContext (`engine.runtime.KernelChoice`
+    has them): the SDPA chooser, the fused temporal kernel, and the frame size from which the first keys are
+    attended once."""
+
+    sdpa: KernelChooser | None
+    fused_temporal: bool
+    shared_first_keys: int | None
+
+
 @contextlib.contextmanager
-def kernels_chosen(unet: nn.Module, kernels: KernelChooser | None, fused_temporal: bool,
-                   shared_first_keys: int | None = None):
-    """While open, `unet`'s attention takes its SDPA kernels from `kernels` (None: PyTorch's choice);
-    with `fused_temporal`, the temporal attention the registered kernel (`use_fast_temporal`); and where a
-    frame has at least `shared_first_keys` tokens, sparse-causal attention attends the first two frames'
-    repeated keys once (`sparse_causal_shared_first_keys`; None: nowhere)."""
+def kernels_chosen(unet: nn.Module, choice: KernelChoice):
+    """While open, `unet`'s attention takes its SDPA kernels from `choice.sdpa` (None: PyTorch's choice);
+    with `choice.fused_temporal`, the temporal attention the registered kernel (`use_fast_temporal`); and
+    where a frame has at least `choice.shared_first_keys` tokens, sparse-causal attention attends the first
+    two frames' repeated keys once (`sparse_causal_shared_first_keys`; None: nowhere)."""
     ctx = clip_context(unet)
     before = ctx.kernels, ctx.fused_temporal, ctx.shared_first_keys
-    ctx.kernels, ctx.fused_temporal, ctx.shared_first_keys = kernels, fused_temporal, shared_first_keys
+    ctx.kernels, ctx.fused_temporal = choice.sdpa, choice.fused_temporal
+    ctx.shared_first_keys = choice.shared_first_keys
     try:
         yield
     finally:
@@ -178,17 +189,15 @@ class FrameAttnProcessor:
         d = q.shape[-1] // heads
 
         def gather(x: torch.Tensor) -> torch.Tensor:
-            # (B*F, N, C) -> (B*F, heads, S*N, d): each frame's queries see the S source frames' tokens.
+            # (B*F, N, C) -> (B*F, S*N, heads, d): each frame's queries see the S source frames' tokens.
             x = source_frames(x.view(b, f, n, heads, d), self.ctx.attention)  # (B, F, S, N, heads, d)
-            return x.flatten(2, 3).flatten(0, 1).transpose(1, 2)
+            return x.flatten(2, 3).flatten(0, 1)
 
         shared_from = self.ctx.shared_first_keys
         if self.ctx.attention == "sparse-causal" and shared_from is not None and n >= shared_from:
             return sparse_causal_shared_first_keys(self.ctx, q, k, v, f, heads, attn.scale,
                                                    lambda x: attn.to_out[1](attn.to_out[0](x)))
-        q, k, v = q.view(bf, n, heads, d).transpose(1, 2), gather(k), gather(v)
-        with _kernels(self.ctx, "frames", n, k.shape[2], bf * heads):
-            out = F.scaled_dot_product_attention(q, k, v, scale=attn.scale)
+        out = _attend(self.ctx, q.view(bf, n, heads, d), gather(k), gather(v), attn.scale)
         out = out.transpose(1, 2).reshape(bf, n, heads * d).to(q.dtype)
         return attn.to_out[1](attn.to_out[0](out))
 

@@ -95,7 +95,7 @@ class TuneAVideo:
         key = (runtime.cuda_graphs, choice.key)
         if key not in self._denoisers:
             self._denoisers[key] = Denoiser(self.unet, runtime.cuda_graphs)
-        with kernels_chosen(self.unet, choice.sdpa, choice.fused_temporal, choice.shared_first_keys):
+        with kernels_chosen(self.unet, choice):
             yield self._denoisers[key]
 
     def save_adapter(self, folder: str | Path, dtype: torch.dtype | None = None) -> Path:

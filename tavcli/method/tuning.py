@@ -224,7 +224,7 @@ def tune(
         losses = _restore(resume, optimizer, g, device)
     loop = Loop(unet, optimizer, g, masters, losses)
     kernels = attention_kernels(runtime.attention_kernel, Work.TUNING, device)
-    with kernels_chosen(unet, kernels.sdpa, kernels.fused_temporal, kernels.shared_first_keys):  # chosen eagerly, kept by the capture
+    with kernels_chosen(unet, kernels):  # chosen eagerly, kept by the capture
         if resume is not None and between is not None:
             between(loop)  # what the stopped run had not finished at this step (a preview) is done now
         for i in range(len(losses), settings.steps):
