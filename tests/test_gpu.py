@@ -69,8 +69,10 @@ def test_sparse_causal_with_the_first_keys_attended_once_is_as_close_to_fp64_in_
     assert rel(shared, gathered.double()) > 0  # the other path ran
 
 
-def test_tuning_with_cuda_graphs_follows_eager_in_bf16(tiny_unet):
-    """Graph-replayed steps (the default on a GPU) give the eager steps' losses, in bf16."""
+@pytest.mark.parametrize("low_memory", [False, True])
+def test_tuning_with_cuda_graphs_follows_eager_in_bf16(tiny_unet, low_memory):
+    """Graph-replayed steps (the default on a GPU) give the eager steps' losses, in bf16; with gradient
+    checkpointing (--low-memory) too, whose recompute is captured with the step."""
     g = torch.Generator().manual_seed(0)
     clip = ClipLatents(torch.randn(1, 3, 4, 8, 8, generator=g).cuda(), 0.05 * torch.rand(1, 3, 4, 8, 8, generator=g).cuda(),
                        torch.randn(1, 77, 32, generator=g).cuda())
@@ -82,7 +84,7 @@ def test_tuning_with_cuda_graphs_follows_eager_in_bf16(tiny_unet):
         unet = inflate(tiny_unet()).cuda().to(torch.bfloat16)
         params = attach(unet, AdapterSpec("full"))
         runs[graphs] = tune(unet, params, clip, alphas, TuneSettings(steps=8, lr=1e-4),
-                             runtime=Runtime(cuda_graphs=graphs))
+                             runtime=Runtime(cuda_graphs=graphs, low_memory=low_memory))
     assert all(np.isfinite(runs[True]))
     assert max(abs(a - b) for a, b in zip(runs[False], runs[True])) < 1e-2, runs
 

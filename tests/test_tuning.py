@@ -7,7 +7,7 @@ from diffusers import DDPMScheduler, UNet2DConditionModel
 
 from tavcli.method.adapters import AdapterSpec, attach
 from tavcli.method.attention import inflate, video_forward
-from tavcli.method.tuning import ClipLatents, TuneSettings, tune
+from tavcli.method.tuning import ClipLatents, TuneSettings, recompute_without_rng, tune
 
 SD14_UNET = dict(
     sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, cross_attention_dim=768,
@@ -69,6 +69,31 @@ def test_every_trainable_parameter_gets_a_gradient_and_nothing_else(tiny_unet, k
     for n, p in unet.named_parameters():
         if not p.requires_grad:
             assert p.grad is None, n
+
+
+@pytest.mark.parametrize("checkpoint", [None, recompute_without_rng], ids=["diffusers", "without-rng"])
+def test_checkpointed_gradients_equal_the_plain_ones_and_leave_the_rng_alone(tiny_unet, checkpoint):
+    """The checkpointing a graphed --low-memory step uses (no RNG state saved) recomputes the same forward:
+    the gradients equal those of a step without checkpointing, and the step draws no random numbers."""
+    grads = {}
+    for checkpointing in (False, True):
+        unet = inflate(tiny_unet())
+        params = attach(unet, AdapterSpec("full"))
+        for p in params:
+            p.data.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+        if checkpointing:
+            unet.enable_gradient_checkpointing(checkpoint)
+        unet.train()
+        clip = random_clip()
+        state = torch.random.get_rng_state()
+        video_forward(unet, clip.mean, torch.tensor([500]), clip.text).square().mean().backward()
+        assert torch.equal(torch.random.get_rng_state(), state)
+        grads[checkpointing] = [p.grad.clone() for p in params]
+        if checkpointing:
+            assert any(m.gradient_checkpointing for m in unet.modules() if hasattr(m, "gradient_checkpointing"))
+    assert len(grads[True]) == 28
+    for plain, recomputed in zip(grads[False], grads[True]):
+        torch.testing.assert_close(recomputed, plain, rtol=1e-5, atol=1e-7)
 
 
 def fixed_pairs_loss(unet, clip: ClipLatents, a: torch.Tensor) -> float:

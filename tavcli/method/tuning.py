@@ -5,9 +5,11 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from tavcli.engine.graphs import CudaGraph
@@ -44,6 +46,14 @@ def estimate_gib(frames: int, width: int, height: int, low_memory: bool = False,
     per_frame = _PER_FRAME_LOW_MEMORY if low_memory else _GIB_PER_FRAME_512
     gib = _GIB_FIXED + per_frame * frames * width * height / 512**2
     return gib * (2 if fp32 else 1) * (unet_width or _SD_WIDTH) / _SD_WIDTH
+
+
+def recompute_without_rng(module: nn.Module, *args: Any) -> Any:
+    """Gradient checkpointing (non-reentrant) that does not save and restore the RNG state around the
+    recompute: reading CUDA's RNG state is not allowed while a CUDA graph captures, and the UNet draws no
+    random numbers in its forward (a step's noise is drawn before it, into `StepNoise`'s buffers), so the
+    recompute is the forward either way. This lets a `--low-memory` step run as a CUDA graph too."""
+    return torch.utils.checkpoint.checkpoint(module.__call__, *args, use_reentrant=False, preserve_rng_state=False)
 
 
 def needs_checkpointing(clip: ClipLatents, device: torch.device) -> bool:
@@ -104,7 +114,9 @@ def train_step(unet: nn.Module, clip: ClipLatents, noise: StepNoise, alphas: tor
     return loss.detach()
 
 
-GRAPH_WARMUP = 3  # eager steps before the capture: lazy inits, cuDNN autotuning, the allocator settling
+# Eager steps before the capture: the first does the lazy inits (cuDNN's plans, AdamW's state, the grads'
+# first allocation); two more cost ~0.3 s each of eager launches for nothing the capture needs.
+GRAPH_WARMUP = 1
 
 
 @dataclass
@@ -207,16 +219,16 @@ def tune(
     optimizer = torch.optim.AdamW(masters.masters if masters else params, lr=settings.lr, betas=settings.betas,
                                   weight_decay=settings.weight_decay, fused=cuda, foreach=not cuda, capturable=cuda)
     checkpointing = runtime.low_memory or needs_checkpointing(clip, device)
-    if checkpointing:
-        unet.enable_gradient_checkpointing()  # diffusers' is non-reentrant: every parameter gets its gradient
+    # fp16 trains under autocast, whose cast cache does not survive a replay
+    graphed = runtime.cuda_graphs and cuda and frozen != torch.float16
+    if checkpointing:  # non-reentrant, as diffusers' own: every parameter gets its gradient
+        unet.enable_gradient_checkpointing(recompute_without_rng if graphed else None)
     unet.train()
     alphas, noise = alphas_cumprod.to(device), StepNoise.like(clip)
 
     def step() -> torch.Tensor:
         return train_step(unet, clip, noise, alphas, prediction, optimizer, settings.max_grad_norm, masters)
 
-    # fp16 trains under autocast, whose cast cache does not survive a replay; checkpointing recomputes
-    graphed = runtime.cuda_graphs and cuda and not checkpointing and frozen != torch.float16
     run = CudaGraph(step, GRAPH_WARMUP) if graphed else step
     g = torch.Generator(device).manual_seed(settings.seed)
     losses: list[torch.Tensor] = []
