@@ -135,3 +135,36 @@ def test_a_channels_last_unet_on_cuda_computes_what_the_nchw_one_does(tiny_unet)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
     for a, b in zip(got_grads, want_grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("work", ["inversion", "sampling"])
+def test_sampling_calls_replayed_with_the_fused_sparse_causal_kernel_follow_sdpa_in_bf16(tiny_unet, work):
+    """A sampling UNet call as tav runs it on a GPU (`auto`: the Triton sparse-causal kernel, replayed as a
+    CUDA graph after one eager warm-up) gives SDPA's eager result within bf16 round-off, and the kernel ran."""
+    import tavcli.method.pipeline  # noqa: F401  (registers the engine's kernels, as tav does)
+    from tavcli.engine.runtime import Work, attention_kernels
+    from tavcli.method import attention
+    from tavcli.method.attention import kernels_chosen
+    from tavcli.method.denoiser import Denoiser
+
+    unet = inflate(tiny_unet()).cuda().to(torch.bfloat16)
+    g = torch.Generator().manual_seed(0)
+    clips = 1 if work == "inversion" else 2
+    x = torch.randn(clips, 4, 4, 16, 16, generator=g).cuda()
+    text = torch.randn(clips, 5, 32, generator=g).cuda()
+    available, attend = attention._FAST_SPARSE_CAUSAL
+    calls = []
+    attention.use_fast_sparse_causal(available, lambda *a: calls.append(1) or attend(*a))
+    try:
+        choice = attention_kernels("auto", Work(work), x.device)
+        assert choice.fused_frames_below > 16 * 16  # every level of the tiny UNet takes the kernel
+        with kernels_chosen(unet, choice), torch.no_grad():  # as the samplers run (forward only)
+            denoise = Denoiser(unet)
+            outs = [denoise(x, t, text) for t in (900, 500, 100)]  # warm-up, capture + replay, replay
+        assert calls  # the kernel ran (eagerly, and once in the capture)
+        for t, out in zip((900, 500, 100), outs):
+            with kernels_chosen(unet, attention_kernels("flash", Work(work), x.device)), torch.no_grad():
+                want = Denoiser(unet, cuda_graphs=False)(x, t, text)
+            assert (out - want).norm() / want.norm() < 3e-2, t
+    finally:
+        attention.use_fast_sparse_causal(available, attend)

@@ -75,18 +75,25 @@ _CUDNN_FROM = 1 << 24  # query x key tokens of a sparse-causal attention from wh
 _SHARED_FIRST_KEYS_FROM = 4096  # tokens a frame
 _CUDNN_WORK = (Work.TUNING, Work.SAMPLING)
 _EFFICIENT_FROM = 1 << 15  # sequences of a temporal attention call from which `auto` leaves flash
+_FUSED_FRAMES_WORK = (Work.INVERSION, Work.SAMPLING)  # forward only: tuning keeps SDPA for its backward
+# Tokens a frame below which sparse-causal attention takes the Triton kernel: at 64x64 (4096) flash and
+# cuDNN beat it (2.07 vs 2.74 ms an inversion call's block, 2.35 vs 5.41 guided; docs/performance.md round 8)
+_FUSED_FRAMES_BELOW = 4096
 
 
 @dataclass(frozen=True)
 class KernelChoice:
     """The attention kernels for one kind of work: `sdpa(kind, queries, keys, sequences)` opens the SDPA
     kernels of each attention call (None: PyTorch's choice); `fused_temporal` lets the temporal attention
-    take the registered Triton kernel where it is faster; `shared_first_keys` is `kernels_chosen`'s."""
+    take the registered Triton kernel where it is faster; `shared_first_keys` is `kernels_chosen`'s;
+    `fused_frames_below` lets sparse-causal attention take the registered Triton kernel (forward only) where
+    a frame has fewer tokens (None: nowhere)."""
 
     sdpa: Callable[[str, int, int, int], contextlib.AbstractContextManager] | None
     fused_temporal: bool
     key: tuple  # what a CUDA-graph capture made with this choice is kept under
     shared_first_keys: int | None = None  # tokens a frame from which the first keys are attended once
+    fused_frames_below: int | None = None
 
 
 def attention_kernels(kernel: AttentionKernel | str, work: Work, device: torch.device) -> KernelChoice:
@@ -118,7 +125,8 @@ def attention_kernels(kernel: AttentionKernel | str, work: Work, device: torch.d
             return sdpa_kernel(cudnn if work == Work.TUNING else efficient, set_priority=True)
         return sdpa_kernel(flash, set_priority=True)
 
-    return KernelChoice(auto, True, key, _SHARED_FIRST_KEYS_FROM)
+    return KernelChoice(auto, True, key, _SHARED_FIRST_KEYS_FROM,
+                        fused_frames_below=_FUSED_FRAMES_BELOW if work in _FUSED_FRAMES_WORK else None)
 
 
 def resolve_device(device: str = "auto") -> torch.device:

@@ -63,6 +63,18 @@ def use_fast_temporal(available, attend) -> None:
     _FAST_TEMPORAL = (available, attend)
 
 
+# Likewise sparse-causal attention's forward (`tavcli.engine.triton_sparse_causal`), for sampling:
+# (available(q, heads), attend(q, k, v, frames, heads, scale)) on (B*F, N, C) tensors, or None.
+_FAST_SPARSE_CAUSAL: tuple | None = None
+
+
+def use_fast_sparse_causal(available, attend) -> None:
+    """Let sparse-causal attn1 run `attend` wherever `available(q, heads)` says it can, and the call allows
+    it (`kernels_chosen`)."""
+    global _FAST_SPARSE_CAUSAL
+    _FAST_SPARSE_CAUSAL = (available, attend)
+
+
 # A chooser of SDPA kernels: (kind, queries, keys, sequences) -> a context manager, e.g. torch's
 # `sdpa_kernel`. Kinds are "frames" (attn1), "cross" (attn2) and "temporal"; queries and keys are the
 # token counts of one sequence, sequences how many of them the call attends (batch x heads).
@@ -73,8 +85,9 @@ KernelChooser = Callable[[str, int, int, int], contextlib.AbstractContextManager
 class ClipContext:
     """What the modules tav adds to one UNet need to know about the current call.
 
-    `kernels`, `fused_temporal` and `shared_first_keys` choose kernels only (set by `kernels_chosen`, from
-    tav's runtime): the attention computed is the same with any of them, up to round-off.
+    `kernels`, `fused_temporal`, `fused_frames_below` and `shared_first_keys` choose kernels only (set by
+    `kernels_chosen`, from tav's runtime): the attention computed is the same with any of them, up to
+    round-off.
     """
 
     frames: int = 1
@@ -83,16 +96,18 @@ class ClipContext:
     kernels: KernelChooser | None = None
     fused_temporal: bool = False
     shared_first_keys: int | None = None
+    fused_frames_below: int | None = None
 
 
 class KernelChoice(Protocol):
     """The kernel settings `kernels_chosen` copies into a UNet's ClipContext (`engine.runtime.KernelChoice`
-    has them): the SDPA chooser, the fused temporal kernel, and the frame size from which the first keys are
-    attended once."""
+    has them): the SDPA chooser, the fused temporal kernel, the frame size from which the first keys are
+    attended once, and the frame size below which sparse-causal attention takes the fused kernel."""
 
     sdpa: KernelChooser | None
     fused_temporal: bool
     shared_first_keys: int | None
+    fused_frames_below: int | None
 
 
 @contextlib.contextmanager
@@ -100,15 +115,17 @@ def kernels_chosen(unet: nn.Module, choice: KernelChoice):
     """While open, `unet`'s attention takes its SDPA kernels from `choice.sdpa` (None: PyTorch's choice);
     with `choice.fused_temporal`, the temporal attention the registered kernel (`use_fast_temporal`); and
     where a frame has at least `choice.shared_first_keys` tokens, sparse-causal attention attends the first
-    two frames' repeated keys once (`sparse_causal_shared_first_keys`; None: nowhere)."""
+    two frames' repeated keys once (`sparse_causal_shared_first_keys`; None: nowhere); with
+    where a frame has fewer than `choice.fused_frames_below` tokens, sparse-causal attention the registered
+    kernel (`use_fast_sparse_causal`; None: nowhere)."""
     ctx = clip_context(unet)
-    before = ctx.kernels, ctx.fused_temporal, ctx.shared_first_keys
+    before = ctx.kernels, ctx.fused_temporal, ctx.shared_first_keys, ctx.fused_frames_below
     ctx.kernels, ctx.fused_temporal = choice.sdpa, choice.fused_temporal
-    ctx.shared_first_keys = choice.shared_first_keys
+    ctx.shared_first_keys, ctx.fused_frames_below = choice.shared_first_keys, choice.fused_frames_below
     try:
         yield
     finally:
-        ctx.kernels, ctx.fused_temporal, ctx.shared_first_keys = before
+        ctx.kernels, ctx.fused_temporal, ctx.shared_first_keys, ctx.fused_frames_below = before
 
 
 def _kernels(ctx: ClipContext, kind: str, queries: int, keys: int, sequences: int
@@ -193,8 +210,12 @@ class FrameAttnProcessor:
             x = source_frames(x.view(b, f, n, heads, d), self.ctx.attention)  # (B, F, S, N, heads, d)
             return x.flatten(2, 3).flatten(0, 1)
 
+        sparse_causal = self.ctx.attention == "sparse-causal"
+        fast, fast_below = _FAST_SPARSE_CAUSAL, self.ctx.fused_frames_below
+        if sparse_causal and fast is not None and fast_below is not None and n < fast_below and fast[0](q, heads):
+            return attn.to_out[1](attn.to_out[0](fast[1](q, k, v, f, heads, attn.scale)))
         shared_from = self.ctx.shared_first_keys
-        if self.ctx.attention == "sparse-causal" and shared_from is not None and n >= shared_from:
+        if sparse_causal and shared_from is not None and n >= shared_from:
             return sparse_causal_shared_first_keys(self.ctx, q, k, v, f, heads, attn.scale,
                                                    lambda x: attn.to_out[1](attn.to_out[0](x)))
         out = _attend(self.ctx, q.view(bf, n, heads, d), gather(k), gather(v), attn.scale)

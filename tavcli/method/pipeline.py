@@ -26,8 +26,14 @@ from tavcli.engine.runtime import Runtime, Work, attention_kernels, in_fitting_b
 from tavcli.method import adapters, ddim
 from tavcli.engine.geglu import recompute_geglus
 from tavcli.engine.layout import use_channels_last
-from tavcli.engine import triton_groupnorm, triton_temporal
-from tavcli.method.attention import inflate, kernels_chosen, use_fast_norm, use_fast_temporal
+from tavcli.engine import triton_groupnorm, triton_sparse_causal, triton_temporal
+from tavcli.method.attention import (
+    inflate,
+    kernels_chosen,
+    use_fast_norm,
+    use_fast_sparse_causal,
+    use_fast_temporal,
+)
 from tavcli.method.denoiser import Denoiser
 from tavcli.method.models import Base, decode_latents, encode_frames, encode_prompts, encoders_parked
 from tavcli.method.params import AdapterSpec, Attention, EditSettings, Scheduler, TuneSettings, partial_steps
@@ -35,6 +41,7 @@ from tavcli.method.tuning import ClipLatents, Loop, TuneState, tune
 
 use_fast_norm(triton_groupnorm.available, triton_groupnorm.clip_group_norm)  # on a GPU, with triton
 use_fast_temporal(triton_temporal.available, triton_temporal.temporal_attention)  # likewise
+use_fast_sparse_causal(triton_sparse_causal.available, triton_sparse_causal.sparse_causal_attention)
 
 
 @dataclass
