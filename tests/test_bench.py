@@ -27,6 +27,10 @@ def test_tiny_bench_times_the_jobs_users_run(tmp_path, monkeypatch):
     assert 0 < out["tune_steps_s"] < out["tune_total_s"]
     assert out["inversion_s"] > 0 and out["load_s"] > 0 and out["adapter_bytes"] > 10_000
     assert 0 < out["edit_warm_s"] <= out["edit_warm_total_s"]
+    parts = out["edit_warm_parts"]  # the edit's first step, its steps (2) and what follows them add up to it
+    assert parts["step_ms"] > 0 and parts["to_first_step_s"] > 0 and parts["after_last_step_s"] > 0
+    assert abs(parts["to_first_step_s"] + parts["step_ms"] / 1000 + parts["after_last_step_s"]
+               - out["edit_warm_s"]) < 0.02
     assert (tmp_path / "cache" / "tav" / "bases" / "random-tiny-seed0" / "model_index.json").is_file()  # cached
     # three prompts take longer than one; the fresh processes ran (their JSON parsed) and were timed
     assert out["edit_prompts_s"] > out["edit_warm_s"] and out["edit_prompts_peak_gib"] is None  # no GPU: null

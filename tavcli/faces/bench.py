@@ -156,14 +156,21 @@ def _time_tune(job: jobs.TuneJob, store: Store, clock: _Clock, cuda: bool) -> tu
 
 def _time_edit(job: jobs.EditJob, store: Store, clock: _Clock, cuda: bool) -> dict:
     """One edit through `jobs.edit`: seconds from its first prompt on, and with loading."""
+    import numpy as np
     import torch
 
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     jobs.edit(job, store, clock)
+    done = time.perf_counter()
     first_prompt = next(t for stage, t in clock.stages if stage == Stage.EDITING)
-    out = {"s": round(time.perf_counter() - first_prompt, 2), "total_s": round(clock.span(Stage.LOADING), 2)}
+    out = {"s": round(done - first_prompt, 2), "total_s": round(clock.span(Stage.LOADING), 2)}
+    steps = clock.steps.get(Stage.EDITING, [])
+    if len(steps) >= 2 and len(job.prompts) == 1:  # where a one-prompt edit's seconds go
+        out["parts"] = {"to_first_step_s": round(steps[0] - first_prompt, 3),
+                        "step_ms": round(statistics.median(np.diff(steps)) * 1000, 1),
+                        "after_last_step_s": round(done - steps[-1], 3)}
     if cuda:
         out["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     return out
@@ -269,6 +276,7 @@ def run(settings: BenchSettings, reporter: Reporter = Reporter()) -> dict:
             reporter.stage(Stage.EDITING, f"({attempt})")
             edit = _time_edit(edit_job(artifact), store, _Clock(sync), cuda)
             out[f"edit_{attempt}_s"], out[f"edit_{attempt}_total_s"] = edit["s"], edit["total_s"]
+            out[f"edit_{attempt}_parts"] = edit.get("parts")  # first step (warm-up, capture), steps, decode + write
             if cuda:
                 out["edit_peak_gib"] = edit["peak_gib"]
         out["edit_prompts_s"] = out["edit_prompts_peak_gib"] = None  # null where not measured, never NaN
