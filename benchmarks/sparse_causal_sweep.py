@@ -23,7 +23,7 @@ from tavcli.method import attention
 Plan = triton_sparse_causal.Plan
 CANDIDATES = {
     64: [Plan(128, 64, 4, 3), Plan(128, 128, 8, 3), Plan(128, 64, 8, 3), Plan(64, 64, 4, 3), Plan(128, 32, 4, 4),
-         Plan(128, 128, 4, 2), Plan(64, 128, 4, 3)],
+         Plan(128, 128, 4, 2), Plan(64, 128, 4, 3), Plan(128, 64, 4, 4), Plan(64, 64, 4, 4)],
     128: [Plan(128, 64, 8, 3), Plan(128, 32, 4, 3), Plan(64, 64, 4, 3), Plan(128, 64, 4, 2), Plan(64, 32, 4, 3)],
     256: [Plan(64, 64, 8, 2), Plan(64, 32, 4, 2), Plan(32, 64, 4, 2), Plan(64, 32, 8, 3), Plan(128, 32, 8, 2)],
 }

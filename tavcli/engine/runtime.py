@@ -75,10 +75,12 @@ _CUDNN_FROM = 1 << 24  # query x key tokens of a sparse-causal attention from wh
 _SHARED_FIRST_KEYS_FROM = 4096  # tokens a frame
 _CUDNN_WORK = (Work.TUNING, Work.SAMPLING)
 _EFFICIENT_FROM = 1 << 15  # sequences of a temporal attention call from which `auto` leaves flash
-_FUSED_FRAMES_WORK = (Work.INVERSION, Work.SAMPLING)  # forward only: tuning keeps SDPA for its backward
-# Tokens a frame below which sparse-causal attention takes the Triton kernel: at 64x64 (4096) flash and
-# cuDNN beat it (2.07 vs 2.74 ms an inversion call's block, 2.35 vs 5.41 guided; docs/performance.md round 8)
-_FUSED_FRAMES_BELOW = 4096
+# Sparse-causal attention's forward through tav's Triton kernel (`triton_sparse_causal`), per work: tokens a
+# frame below which it is taken. Per block at 8 frames (`benchmarks/sparse_causal_sweep.py`, H200, 2026-12-04,
+# eager, projections included; docs/performance.md, round 8): an inversion call's 64x64 block 1.34 ms against
+# flash's 2.07, so every level; a guided call's 2.67 against cuDNN's 2.34 at 64x64, so below it. Tuning keeps
+# SDPA: the kernel has no backward.
+_FUSED_FRAMES_BELOW = {Work.INVERSION: 1 << 62, Work.SAMPLING: 64 * 64}
 
 
 @dataclass(frozen=True)
@@ -126,7 +128,7 @@ def attention_kernels(kernel: AttentionKernel | str, work: Work, device: torch.d
         return sdpa_kernel(flash, set_priority=True)
 
     return KernelChoice(auto, True, key, _SHARED_FIRST_KEYS_FROM,
-                        fused_frames_below=_FUSED_FRAMES_BELOW if work in _FUSED_FRAMES_WORK else None)
+                        fused_frames_below=_FUSED_FRAMES_BELOW.get(work))
 
 
 def resolve_device(device: str = "auto") -> torch.device:

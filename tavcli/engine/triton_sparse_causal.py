@@ -1,5 +1,5 @@
 """Sparse-causal attention's forward (frame i attends frames 1 and i-1) as one Triton kernel, for sampling:
-the inversion's and every guided call's attn1.
+the inversion's attn1 and that of guided calls below the 64x64 level.
 
 Through SDPA, each frame's keys and values are first gathered into a new [k1, k(i-1)] tensor (a copy of
 twice k and v), the output comes back heads-first and is copied into the (B*F, N, C) layout `to_out` reads,
@@ -9,7 +9,9 @@ shapes; docs/performance.md, round 4). This kernel reads frame 1's and frame i-1
 projections wrote them, writes the output where `to_out` reads it, attends frames 1 and 2's repeated keys
 once, and compiles once per machine (Triton's disk cache); FlashAttention's online softmax in fp32.
 
-Forward only: tuning keeps SDPA (cuDNN), whose backward this kernel has none of.
+Forward only: tuning keeps SDPA (cuDNN), whose backward this kernel has none of. The runtime chooses where
+it runs (`engine.runtime._FUSED_FRAMES_BELOW`): the inversion at every level, guided calls below 64x64,
+where cuDNN's Hopper kernel is faster on their two clips.
 """
 
 from __future__ import annotations
@@ -37,8 +39,8 @@ class Plan:
 
 
 # Per padded head dim (d = 40, 80, 160 in SD v1.x: 64, 128, 256), the fastest of benchmarks/
-# sparse_causal_sweep.py's candidates on the H200 at the level it serves (docs/performance.md, round 8);
-# 64 serves the 64x64 level only where `auto` is not used (the kernel loses to SDPA there).
+# sparse_causal_sweep.py's candidates on the H200 at the level it serves (docs/performance.md, round 8;
+# below 64x64 the candidates' eager timings are within the calls' spread of each other).
 PLANS = {64: Plan(128, 64, 4, 3), 128: Plan(64, 64, 4, 3), 256: Plan(64, 32, 4, 2)}
 _WIDEST = 256
 
@@ -77,7 +79,7 @@ def sparse_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, f
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     out = torch.empty_like(q)
     grid = (-(-n // plan.block_m), heads, bf)
-    _triton().forward[grid](q, k, v, out, n, c, d, frames, scale, BM=plan.block_m, BN=plan.block_n,
+    _triton().forward[grid](q, k, v, out, n, c, frames, scale, D=d, BM=plan.block_m, BN=plan.block_n,
                             DP=_padded(d), EVEN=n % plan.block_n == 0, num_warps=plan.warps,
                             num_stages=plan.stages)
     return out
